@@ -1,0 +1,5 @@
+import sys
+
+from availability.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Reads a topic from the beginning up to its current end (a bounded scan).
+
+Used to look at the compacted snapshot topics as a table (latest value per key), by
+the tests, the reconciliation report and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+T = TypeVar("T")
+
+
+def scan_topic(brokers: str, topic: str, timeout: float = 60.0) -> Iterator[Message]:
+    """Yield every message of ``topic`` present when the scan starts, partition by partition."""
+    consumer = Consumer({
+        "bootstrap.servers": brokers,
+        "group.id": f"availability-scan-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+    })
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None:
+            raise RuntimeError(f"topic {topic!r}: {metadata.error}")
+        ends: dict[int, int] = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=timeout)
+            if high > low:
+                ends[partition] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"scan of {topic!r} did not reach the end in {timeout}s")
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is not None:
+                    raise RuntimeError(f"scan of {topic!r}: {message.error()}")
+                partition = message.partition()
+                if partition not in ends:
+                    continue
+                yield message
+                if message.offset() + 1 >= ends[partition]:
+                    del ends[partition]
+    finally:
+        consumer.close()
+
+
+def latest_by_key(brokers: str, topic: str, decode: Callable[[bytes], T],
+                  timeout: float = 60.0) -> dict[str, T]:
+    """The table a compacted topic stands for: the last value per key (tombstones remove)."""
+    table: dict[str, Any] = {}
+    for message in scan_topic(brokers, topic, timeout):
+        key = message.key().decode() if message.key() is not None else ""
+        if message.value() is None:
+            table.pop(key, None)
+        else:
+            table[key] = decode(message.value())
+    return table

@@ -1,0 +1,78 @@
+"""The engine's four Kafka topics and their idempotent creation (DESIGN 5, 7)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    events: str = "inventory.events"
+    dlq: str = "inventory.events.dlq"
+    positions: str = "availability.positions"
+    channels: str = "availability.channels"
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic name -> topic config; the snapshot topics are compacted."""
+        return {self.events: {}, self.dlq: {}, self.positions: COMPACTED,
+                self.channels: COMPACTED}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TopicNames:
+        return cls(args.events_topic, args.dlq_topic, args.positions_topic, args.channels_topic)
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TopicNames()
+    group = parser.add_argument_group("topic names")
+    group.add_argument("--events-topic", default=defaults.events, help="(default: %(default)s)")
+    group.add_argument("--dlq-topic", default=defaults.dlq, help="(default: %(default)s)")
+    group.add_argument("--positions-topic", default=defaults.positions,
+                       help="compacted position snapshots (default: %(default)s)")
+    group.add_argument("--channels-topic", default=defaults.channels,
+                       help="compacted channel snapshots (default: %(default)s)")
+
+
+@dataclass(frozen=True)
+class TopicOutcome:
+    name: str
+    created: bool
+    partitions: int
+
+
+def create_topics(
+    brokers: str,
+    names: TopicNames,
+    partitions: int = 4,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> list[TopicOutcome]:
+    """Create the topics that are missing; existing ones are left as they are."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                 config=config)
+        for name, config in names.configs().items()
+        if name not in existing
+    ]
+    created: set[str] = set()
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                future.result(timeout)
+                created.add(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+    metadata = admin.list_topics(timeout=timeout).topics
+    return [
+        TopicOutcome(name, name in created, len(metadata[name].partitions))
+        for name in names.configs()
+    ]
