@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -71,8 +73,22 @@ def create_topics(
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
-    metadata = admin.list_topics(timeout=timeout).topics
+    metadata = _wait_until_listed(admin, list(names.configs()), timeout)
     return [
         TopicOutcome(name, name in created, len(metadata[name].partitions))
         for name in names.configs()
     ]
+
+
+def _wait_until_listed(admin: AdminClient, names: list[str], timeout: float
+                       ) -> dict[str, Any]:
+    """Metadata of ``names`` once every one of them is visible with its partitions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(name in topics and topics[name].partitions for name in names):
+            return topics
+        if time.monotonic() > deadline:
+            missing = [name for name in names if name not in topics]
+            raise KafkaException(f"topics not visible after {timeout}s: {missing}")
+        time.sleep(0.1)

@@ -1,0 +1,209 @@
+"""`availability kafka start|stop|status`: the real local Apache Kafka, see local_kafka."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import textwrap
+
+from availability.cli import CommandError
+from availability.local_kafka import broker
+from availability.local_kafka.broker import KAFKA_VERSION, LocalKafka, LocalKafkaError, Settings
+
+EXIT_NOT_RUNNING = 3
+
+EPILOG = """\
+files under --home:
+  kafka-<version>/libs/     the Kafka jars, fetched once with `mvn`
+  kafka-data/               Kafka log.dirs (unless --data-dir), formatted on first start
+  kafka/server.properties   the running broker's config (rewritten on each start)
+  kafka.pid                 pid of the broker JVM
+  logs/server.log           broker log; logs/kafka.out: the JVM's stdout/stderr
+
+JAVA_HOME selects the JDK (17+), else `java` on PATH. Every option's default can
+be set with the environment variable named in its help.
+"""
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=80)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults (except derived ones), keep the epilog's layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options shared by start/stop/status, so each names the same broker."""
+    env = os.environ
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=str(broker.default_home()),
+        help=f"state dir: jars cache, config, pid file, logs [env ${broker.ENV_HOME}]",
+    )
+    common.add_argument(
+        "--port",
+        metavar="PORT",
+        type=int,
+        default=env.get(broker.ENV_PORT) or str(broker.DEFAULT_PORT),
+        help=f"broker port on {broker.HOST} [env ${broker.ENV_PORT}]",
+    )
+    common.add_argument(
+        "--controller-port",
+        metavar="PORT",
+        type=int,
+        default=env.get(broker.ENV_CONTROLLER_PORT) or None,
+        help=f"KRaft controller port (default: --port + 1) [env ${broker.ENV_CONTROLLER_PORT}]",
+    )
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=env.get(broker.ENV_DATA_DIR) or None,
+        help=f"Kafka log.dirs (default: <home>/kafka-data) [env ${broker.ENV_DATA_DIR}]",
+    )
+    return common
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    env = os.environ
+    common = _common_options()
+    parser = sub.add_parser(
+        "kafka",
+        help=f"start/stop/status of the local Apache Kafka {KAFKA_VERSION}",
+        description=_wrap(
+            f"Run a real single-node Apache Kafka {KAFKA_VERSION} (KRaft, combined "
+            "broker+controller) on 127.0.0.1 for tests, the demo and benchmarks. Its jars are "
+            "fetched once from Maven Central with `mvn` and it runs on the machine's JDK 17+; "
+            "the broker runs detached and survives this command."
+        ),
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    start = actions.add_parser(
+        "start",
+        parents=[common],
+        help="start the broker and wait until it answers (idempotent)",
+        description=_wrap(
+            "Fetch the jars if missing, format storage on first use, launch the broker "
+            "detached and wait until a metadata request succeeds. If this home's broker is "
+            "already running and answering, says so and exits 0. Fails with the log's last "
+            "lines if the broker dies during startup."
+        ),
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    start.add_argument(
+        "--heap",
+        metavar="SIZE",
+        default=env.get(broker.ENV_HEAP) or broker.DEFAULT_HEAP,
+        help=f"JVM max heap, e.g. 512m or 2g [env ${broker.ENV_HEAP}]",
+    )
+    start.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=env.get(broker.ENV_START_TIMEOUT) or str(broker.DEFAULT_START_TIMEOUT),
+        help=f"seconds to wait for the broker to answer [env ${broker.ENV_START_TIMEOUT}]",
+    )
+    start.set_defaults(run=run_start)
+
+    stop = actions.add_parser(
+        "stop",
+        parents=[common],
+        help="stop the broker (SIGTERM, then SIGKILL after --timeout)",
+        description=_wrap(
+            "Send SIGTERM for a controlled shutdown, wait for the process to exit (SIGKILL "
+            "after --timeout) and remove the pid file. Not running is not an error."
+        ),
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    stop.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=env.get(broker.ENV_STOP_TIMEOUT) or str(broker.DEFAULT_STOP_TIMEOUT),
+        help=f"seconds to wait after SIGTERM before SIGKILL [env ${broker.ENV_STOP_TIMEOUT}]",
+    )
+    stop.set_defaults(run=run_stop)
+
+    status = actions.add_parser(
+        "status",
+        parents=[common],
+        help="is the broker running and answering? (exit 0 yes, 3 no)",
+        description=_wrap(
+            "Report whether this home's broker runs (pid, port) and answers metadata "
+            "requests, or why not (no pid file, stale pid, port used by something else). "
+            f"Exit status 0 when running and answering, {EXIT_NOT_RUNNING} otherwise."
+        ),
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    status.set_defaults(run=run_status)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    for name in ("port", "controller_port"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < 65536:
+            raise CommandError(f"--{name.replace('_', '-')} must be a TCP port, got {value}")
+    heap = getattr(args, "heap", None)
+    if heap is not None and not re.fullmatch(r"\d+[kKmMgG]?", heap):
+        raise CommandError(f"--heap must look like 512m or 2g, got {heap!r}")
+    settings = Settings.from_env(
+        home=args.home,
+        port=args.port,
+        controller_port=args.controller_port,
+        data_dir=args.data_dir,
+        heap=heap,
+    )
+    if settings.ctrl_port == settings.port:
+        raise CommandError("--controller-port must differ from --port")
+    return settings
+
+
+def _progress(message: str) -> None:
+    print(message, flush=True)
+
+
+def _fail(exc: LocalKafkaError) -> CommandError:
+    """Show the log context on stderr; the one-line error is printed by the CLI entry."""
+    if exc.details:
+        print(exc.details, file=sys.stderr)
+    return CommandError(str(exc))
+
+
+def run_start(args: argparse.Namespace) -> int:
+    try:
+        LocalKafka(_settings(args), progress=_progress).start(timeout=args.timeout)
+    except LocalKafkaError as exc:
+        raise _fail(exc) from exc
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    try:
+        print(LocalKafka(_settings(args), progress=_progress).stop(timeout=args.timeout))
+    except LocalKafkaError as exc:
+        raise _fail(exc) from exc
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        status = LocalKafka(_settings(args)).status()
+    except LocalKafkaError as exc:
+        raise _fail(exc) from exc
+    print(status.describe())
+    return 0 if status.ok else EXIT_NOT_RUNNING
