@@ -7,9 +7,13 @@ session starts it and stops it at the end.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +23,7 @@ from availability.topics import TopicNames, create_topics
 from dataflows.domain.events import InventoryEvent
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +74,82 @@ def publish_events(brokers: str, codec: Codec):
         return producer.confirm()
 
     return publish
+
+
+class EngineProcess:
+    """`availability engine` as a real subprocess, for end-to-end and crash tests."""
+
+    def __init__(self, brokers: str, topics: TopicNames, rules: Path, recovery_dir: Path,
+                 log_path: Path, processes: int = 1, extra: tuple[str, ...] = ()) -> None:
+        self.argv = [
+            str(REPO / ".venv" / "bin" / "availability") if (REPO / ".venv").exists()
+            else "availability",
+            "engine", "--brokers", brokers, "--rules", str(rules),
+            "--recovery-dir", str(recovery_dir), "--processes", str(processes),
+            "--events-topic", topics.events, "--dlq-topic", topics.dlq,
+            "--positions-topic", topics.positions, "--channels-topic", topics.channels,
+            "--epoch-interval", "1", *extra,
+        ]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EngineProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the crash case."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def engine_factory(brokers: str, tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
+    started: list[EngineProcess] = []
+
+    def make(topics: TopicNames, rules: Path, processes: int = 1,
+             recovery_dir: Path | None = None, extra: tuple[str, ...] = ()) -> EngineProcess:
+        engine = EngineProcess(brokers, topics, rules, recovery_dir or tmp_path / "recovery",
+                               tmp_path / f"engine-{len(started)}.log", processes, extra)
+        started.append(engine)
+        return engine
+
+    yield make
+    for engine in started:
+        engine.kill()
+
+
+def _wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
+              interval: float = 0.5) -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., object]:
+    """``wait_for(predicate, timeout, what)``: poll until truthy, else fail naming ``what``."""
+    return _wait_for

@@ -1,0 +1,131 @@
+"""`availability engine`: run the availability dataflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from availability.cli import CommandError, add_brokers_argument
+from availability.topics import TopicNames, add_topic_arguments
+from dataflows.settings import HOUR_MS, EngineSettings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "engine",
+        help="run the availability dataflow",
+        description=(
+            "Fold inventory events into position and channel availability and publish "
+            "changed snapshots to the compacted topics. Recovery is on: state and input "
+            "offsets are snapshotted into --recovery-dir every epoch, so a restart after "
+            "a crash resumes as if every event was applied exactly once. SIGINT/SIGTERM "
+            "stop it cleanly."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rules", required=True, type=Path,
+                        help="TOML file of locations, safety stock and channels")
+    parser.add_argument("--recovery-dir", required=True, type=Path,
+                        help="Bytewax recovery partitions (created on first run)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Bytewax processes on this host; the events topic's partition "
+                             "count must be divisible by it")
+    add_brokers_argument(parser)
+    parser.add_argument("--schema-registry", default=None,
+                        help="Confluent Schema Registry URL (default: plain Avro)")
+    parser.add_argument("--batch-size", type=int, default=2000,
+                        help="max messages read per partition poll")
+    parser.add_argument("--epoch-interval", type=float, default=5.0,
+                        help="seconds between recovery snapshots")
+    parser.add_argument("--dedupe-horizon-hours", type=float, default=7 * 24,
+                        help="event-time horizon of event_id deduplication")
+    parser.add_argument("--lateness-horizon-hours", type=float, default=24,
+                        help="event-time horizon for re-basing a late COUNT")
+    add_topic_arguments(parser)
+    parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(
+        brokers=args.brokers,
+        rules_path=args.rules,
+        recovery_dir=args.recovery_dir,
+        topics=TopicNames.from_args(args),
+        schema_registry=args.schema_registry,
+        batch_size=args.batch_size,
+        epoch_interval_s=args.epoch_interval,
+        dedupe_horizon_ms=int(args.dedupe_horizon_hours * HOUR_MS),
+        lateness_horizon_ms=int(args.lateness_horizon_hours * HOUR_MS),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from dataflows.domain.rules import RulesError, load_rules
+    from dataflows.runner import ensure_recovery_dir, member_command, run_cluster
+
+    try:
+        load_rules(args.rules)
+    except RulesError as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot read rules file {args.rules}: {exc}") from exc
+    if args.processes < 1:
+        raise CommandError("--processes must be at least 1")
+    if args.dedupe_horizon_hours <= 0 or args.lateness_horizon_hours <= 0:
+        raise CommandError("horizons must be positive")
+    settings = settings_from_args(args)
+
+    if args.process_id is not None:
+        return _run_member(settings, args.process_id, args.addresses.split(";"))
+
+    metadata = AdminClient({"bootstrap.servers": args.brokers}).list_topics(timeout=15)
+    topic = metadata.topics.get(settings.topics.events)
+    if topic is None or topic.error is not None:
+        raise CommandError(f"topic {settings.topics.events!r} not found on {args.brokers}; "
+                           "run `availability topics create`")
+    if len(topic.partitions) % args.processes:
+        raise CommandError(
+            f"{settings.topics.events} has {len(topic.partitions)} partitions, not divisible "
+            f"by --processes {args.processes} (a process with fewer partitions stalls)"
+        )
+    created = ensure_recovery_dir(args.recovery_dir, max(args.processes, 1))
+    print(f"engine: recovery {'created' if created else 'resumed'} at {args.recovery_dir}; "
+          f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}",
+          flush=True)
+    if args.processes == 1:
+        return _run_member(settings)
+    argv = [*member_command(), *_member_args(args)]
+    return run_cluster(argv, args.processes)
+
+
+def _run_member(settings: EngineSettings, process_id: int | None = None,
+                addresses: list[str] | None = None) -> int:
+    from dataflows.runner import run_member
+
+    try:
+        run_member(settings, process_id, addresses)
+    except KeyboardInterrupt:
+        print("engine: aborted", flush=True)
+        return 130
+    print("engine: stopped cleanly", flush=True)
+    return 0
+
+
+def _member_args(args: argparse.Namespace) -> list[str]:
+    """The parent's options, passed on to each cluster member."""
+    argv = [
+        "engine", "--rules", str(args.rules), "--recovery-dir", str(args.recovery_dir),
+        "--brokers", args.brokers, "--batch-size", str(args.batch_size),
+        "--epoch-interval", str(args.epoch_interval),
+        "--dedupe-horizon-hours", str(args.dedupe_horizon_hours),
+        "--lateness-horizon-hours", str(args.lateness_horizon_hours),
+        "--events-topic", args.events_topic, "--dlq-topic", args.dlq_topic,
+        "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
+    ]
+    if args.schema_registry:
+        argv += ["--schema-registry", args.schema_registry]
+    return argv

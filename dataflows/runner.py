@@ -1,0 +1,108 @@
+"""Runs the dataflow: one process in place, or a Bytewax cluster of N processes.
+
+A cluster member cannot survive the loss of a peer, so the parent supervises its
+children: when one exits, the others are stopped and the engine exits non-zero; the
+next start resumes every member from the shared recovery directory.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from dataflows.flow import build_flow
+from dataflows.kafka_source import STOP_REQUESTED
+from dataflows.settings import EngineSettings
+
+
+def ensure_recovery_dir(path: Path, partitions: int) -> bool:
+    """Create the recovery partitions on first use; return True when they were created."""
+    path.mkdir(parents=True, exist_ok=True)
+    if any(path.glob("part-*.sqlite3")):
+        return False
+    init_db_dir(path, partitions)
+    return True
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    """First signal: let the flow drain and finish its epoch; a second one aborts."""
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+    STOP_REQUESTED.set()
+
+
+def run_member(settings: EngineSettings, process_id: int | None = None,
+               addresses: Sequence[str] | None = None) -> None:
+    """Run this process's part of the flow until SIGINT or SIGTERM asks it to stop."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _request_stop)
+    recovery = (RecoveryConfig(str(settings.recovery_dir))
+                if settings.recovery_dir is not None else None)
+    cli_main(
+        build_flow(settings),
+        workers_per_process=1,
+        process_id=process_id,
+        addresses=list(addresses) if addresses else None,
+        epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+        recovery_config=recovery,
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def run_cluster(member_argv: Sequence[str], processes: int) -> int:
+    """Start ``processes`` members (``member_argv`` + --process-id/--addresses) and supervise."""
+    addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(processes))
+    children = [
+        subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses])
+        for index in range(processes)
+    ]
+
+    def stop_children(signum: int = signal.SIGINT, frame: object = None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        stop_children()
+        deadline = time.monotonic() + 30
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = [child.returncode for child in children]
+    interrupted = all(code in (0, 130, -signal.SIGINT) for code in codes)
+    if not interrupted:
+        print(f"engine: cluster members exited with {codes}", file=sys.stderr)
+    return 0 if interrupted else 1
+
+
+def member_command() -> list[str]:
+    return [sys.executable, "-m", "availability"]
+

@@ -1,0 +1,25 @@
+"""What one engine run needs to know, in one picklable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from availability.topics import TopicNames
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    brokers: str
+    rules_path: Path
+    recovery_dir: Path | None
+    topics: TopicNames = field(default_factory=TopicNames)
+    schema_registry: str | None = None
+    batch_size: int = 2000
+    epoch_interval_s: float = 5.0
+    dedupe_horizon_ms: int = 7 * DAY_MS
+    lateness_horizon_ms: int = DAY_MS
+    flow_id: str = "availability"
