@@ -1,0 +1,479 @@
+"""Static checks of Dockerfile and docker-compose.yml: no Docker engine needed.
+
+Each service built from this repo must run a command the real CLI accepts, aimed at an
+address the compose Kafka really listens on; Kafka's listeners must be consistent; the
+files mounted from the repo must exist; the image must run the declared console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fnmatch
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from availability.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+# What the apache/kafka image falls back to for KAFKA_INTER_BROKER_LISTENER_NAME when it
+# is not set (its configureDefaults script fills each unset variable separately).
+KAFKA_IMAGE_DEFAULT_INTER_BROKER_LISTENER = "PLAINTEXT"
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE.get("services") or {}
+BUILT = sorted(name for name, service in SERVICES.items() if "build" in service)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    host: str
+    port: int
+
+
+def parse_listeners(value: str) -> dict[str, Listener]:
+    listeners = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        match = re.fullmatch(r"([A-Za-z0-9_]+)://(\[[^\]]*\]|[^:]*):(\d+)", item)
+        assert match, f"malformed listener {item!r}"
+        name, host, port = match.group(1), match.group(2), int(match.group(3))
+        assert name not in listeners, f"listener {name} given twice"
+        listeners[name] = Listener(name, host, port)
+    return listeners
+
+
+def kafka_env() -> dict[str, str]:
+    return environment(SERVICES["kafka"])
+
+
+def kafka_names() -> set[str]:
+    """Names other containers on the compose network resolve to the kafka container."""
+    service = SERVICES["kafka"]
+    names = {"kafka"}
+    names.update(filter(None, [service.get("hostname"), service.get("container_name")]))
+    networks = service.get("networks")
+    if isinstance(networks, dict):
+        for network in networks.values():
+            names.update((network or {}).get("aliases") or [])
+    return names
+
+
+def in_network_addresses() -> set[str]:
+    """host:port a container can bootstrap from and keep using after the metadata reply:
+    an advertised listener named after the kafka service, on the port it binds."""
+    env = kafka_env()
+    bound = parse_listeners(env["KAFKA_LISTENERS"])
+    advertised = parse_listeners(env.get("KAFKA_ADVERTISED_LISTENERS", ""))
+    return {
+        f"{listener.host}:{listener.port}"
+        for listener in advertised.values()
+        if listener.host in kafka_names() and bound[listener.name].port == listener.port
+    }
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    host_ip: str
+    host_port: int
+    container_port: int
+
+
+def _port_range(text: str) -> list[int]:
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+def published_ports(service: dict[str, Any]) -> list[PublishedPort]:
+    ports = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            if entry.get("published") is None:
+                continue
+            host_ports = _port_range(str(entry["published"]))
+            targets = _port_range(str(entry["target"]))
+            host_ip = str(entry.get("host_ip") or "")
+        else:
+            spec = str(entry).split("/", 1)[0]
+            parts = spec.rsplit(":", 2)
+            if len(parts) == 1:  # container port only: the host port is random
+                continue
+            host_ip = parts[0] if len(parts) == 3 else ""
+            host_ports, targets = _port_range(parts[-2]), _port_range(parts[-1])
+        assert len(host_ports) == len(targets), f"port ranges differ in {entry!r}"
+        ports += [PublishedPort(host_ip, h, t) for h, t in zip(host_ports, targets, strict=True)]
+    return ports
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # "bind" or "volume"
+    source: str
+    target: str
+    read_only: bool
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    result = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            source, target = str(entry.get("source", "")), str(entry["target"])
+            kind = entry.get("type", "volume")
+            read_only = bool(entry.get("read_only", False))
+        else:
+            parts = str(entry).split(":")
+            if len(parts) == 1:  # anonymous volume
+                continue
+            source, target = parts[0], parts[1]
+            read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        result.append(Mount(kind, source, target, read_only))
+    return result
+
+
+def mount_at(service: dict[str, Any], path: str | Path) -> Mount | None:
+    """The mount a path in the container lives on (longest target prefix)."""
+    path = PurePosixPath(path)
+    best = None
+    for mount in mounts(service):
+        target = PurePosixPath(mount.target)
+        if (path == target or target in path.parents) and (
+            best is None or len(target.parts) > len(PurePosixPath(best.target).parts)
+        ):
+            best = mount
+    return best
+
+
+def _walk_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _walk_parsers(child)
+
+
+def parse_command(name: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The service's command as the CLI inside its container parses it."""
+    service = SERVICES[name]
+    command = service.get("command")
+    assert isinstance(command, list), f"{name}: command must be an exec-form list"
+    assert all(isinstance(arg, str) for arg in command), f"{name}: quote every argument"
+    container_brokers = environment(service).get("AVAILABILITY_BROKERS")
+    if container_brokers is None:
+        monkeypatch.delenv("AVAILABILITY_BROKERS", raising=False)
+    else:
+        monkeypatch.setenv("AVAILABILITY_BROKERS", container_brokers)
+    parser = build_parser()
+    options = {opt for p in _walk_parsers(parser) for a in p._actions for opt in a.option_strings}
+    for arg in command:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            assert flag in options, f"{name}: {flag} is not a full option of the CLI"
+    try:
+        return parser.parse_args(command)
+    except SystemExit as exc:
+        pytest.fail(f"{name}: `availability {' '.join(command)}` is rejected (exit {exc.code})")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (REPO / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, "Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    assert starts, "Dockerfile has no FROM"
+    return instructions[starts[-1]:]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+# --- compose: services and Kafka -----------------------------------------------------
+
+
+def test_compose_has_the_services_and_no_obsolete_version_key() -> None:
+    assert {"kafka", "topics", "engine"} <= SERVICES.keys()
+    assert "version" not in COMPOSE, "the Compose spec has no `version:`"
+
+
+def test_kafka_is_the_official_image_in_kraft_combined_mode() -> None:
+    assert re.fullmatch(r"apache/kafka:4\.\d+(\.\d+)?", SERVICES["kafka"].get("image", ""))
+    env = kafka_env()
+    assert {role.strip() for role in env["KAFKA_PROCESS_ROLES"].split(",")} == {
+        "broker", "controller"}
+    node_id = env["KAFKA_NODE_ID"]
+    assert node_id.isdigit()
+    cluster_id = base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")
+    assert len(cluster_id) == 16, "CLUSTER_ID must be a base64url UUID (kafka-storage.sh)"
+
+    controllers = [n.strip() for n in env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")]
+    bound = parse_listeners(env["KAFKA_LISTENERS"])
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert len(voters) == 1, "single node: one voter"
+    voter_id, _, voter_address = voters[0].partition("@")
+    voter_host, _, voter_port = voter_address.rpartition(":")
+    assert voter_id == node_id
+    assert voter_host in LOOPBACK_HOSTS | kafka_names()
+    assert int(voter_port) in {bound[name].port for name in controllers}
+
+
+def test_kafka_listeners_are_consistent() -> None:
+    env = kafka_env()
+    bound = parse_listeners(env["KAFKA_LISTENERS"])
+    advertised = parse_listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    protocols = dict(item.strip().split(":", 1) for item in protocol_map.split(","))
+    controllers = {n.strip() for n in env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")}
+    inter_broker = env.get("KAFKA_INTER_BROKER_LISTENER_NAME",
+                           KAFKA_IMAGE_DEFAULT_INTER_BROKER_LISTENER)
+
+    assert bound.keys() <= protocols.keys(), "every listener needs a security protocol"
+    assert len({listener.port for listener in bound.values()}) == len(bound), "port reused"
+    assert controllers <= bound.keys()
+    assert not controllers & advertised.keys(), "controller listeners are not advertised"
+    assert inter_broker in bound.keys() - controllers
+    assert advertised.keys() <= bound.keys()
+    assert inter_broker in advertised
+
+    host_ports = {p.host_port: p for p in published_ports(SERVICES["kafka"])}
+    for listener in advertised.values():
+        port = bound[listener.name].port
+        if listener.host in kafka_names():
+            assert listener.port == port, f"{listener.name}: advertised port is not bound"
+        elif listener.host in LOOPBACK_HOSTS:
+            published = host_ports.get(listener.port)
+            assert published, f"{listener.name}: {listener.port} is not published on the host"
+            assert published.container_port == port, f"{listener.name}: wrong container port"
+        else:
+            pytest.fail(f"{listener.name}: advertised host {listener.host!r} is unreachable")
+    assert in_network_addresses(), "no listener for the other containers"
+
+
+def test_kafka_internal_topics_have_one_replica() -> None:
+    env = kafka_env()
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert key in env, f"{key} must be set on a single broker"
+    for key, value in env.items():
+        if key.endswith(("REPLICATION_FACTOR", "MIN_ISR")):
+            assert value == "1", f"{key}={value} cannot be met by one broker"
+
+
+def test_kafka_healthcheck_asks_the_broker() -> None:
+    healthcheck = SERVICES["kafka"].get("healthcheck")
+    assert healthcheck, "topics/engine wait for service_healthy: kafka needs a healthcheck"
+    test = healthcheck["test"]
+    argv = test[1:] if isinstance(test, list) else test.split()
+    assert argv[0] in ("/opt/kafka/bin/kafka-broker-api-versions.sh",
+                       "/opt/kafka/bin/kafka-topics.sh")
+    server = argv[argv.index("--bootstrap-server") + 1]
+    bound_ports = {f"localhost:{listener.port}"
+                   for listener in parse_listeners(kafka_env()["KAFKA_LISTENERS"]).values()}
+    assert server in in_network_addresses() | bound_ports
+
+
+# --- compose: services built from the repo -------------------------------------------
+
+
+def test_some_services_are_built_from_the_repo() -> None:
+    assert {"topics", "engine"} <= set(BUILT)
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_built_from_the_repo_dockerfile(name: str) -> None:
+    build = SERVICES[name]["build"]
+    if isinstance(build, str):
+        build = {"context": build}
+    context = (COMPOSE_FILE.parent / build.get("context", ".")).resolve()
+    assert context == REPO
+    assert (context / build.get("dockerfile", "Dockerfile")).resolve() == REPO / "Dockerfile"
+    assert (REPO / "Dockerfile").is_file()
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_command_is_accepted_by_the_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = parse_command(name, monkeypatch)
+    assert args.command == SERVICES[name]["command"][0]
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_brokers_are_the_compose_kafka(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = SERVICES[name]
+    reachable = in_network_addresses()
+    env_brokers = environment(service).get("AVAILABILITY_BROKERS")
+    if env_brokers is not None:
+        assert set(env_brokers.split(",")) <= reachable, f"{name}: $AVAILABILITY_BROKERS"
+    args = parse_command(name, monkeypatch)
+    if not hasattr(args, "brokers"):
+        return
+    assert set(args.brokers.split(",")) <= reachable, (
+        f"{name}: --brokers {args.brokers} is not one of {sorted(reachable)}")
+    assert "kafka" in (service.get("depends_on") or {}) or any(
+        "kafka" in (SERVICES[dep].get("depends_on") or {})
+        for dep in service.get("depends_on") or {}
+    ), f"{name} must wait for kafka"
+
+
+def test_depends_on_conditions_can_be_met() -> None:
+    for name, service in SERVICES.items():
+        depends_on = service.get("depends_on") or {}
+        if isinstance(depends_on, list):
+            depends_on = {dep: {"condition": "service_started"} for dep in depends_on}
+        for dep, spec in depends_on.items():
+            assert dep in SERVICES, f"{name} depends on unknown {dep}"
+            condition = (spec or {}).get("condition", "service_started")
+            if condition == "service_healthy":
+                assert SERVICES[dep].get("healthcheck"), f"{dep} has no healthcheck"
+            if condition == "service_completed_successfully":
+                assert SERVICES[dep].get("restart", "no") == "no", f"{dep} must not restart"
+    engine_deps = SERVICES["engine"]["depends_on"]
+    assert engine_deps["topics"]["condition"] == "service_completed_successfully"
+    assert SERVICES["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_topic_partitions_are_divisible_by_engine_processes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    partitions = parse_command("topics", monkeypatch).partitions
+    processes = parse_command("engine", monkeypatch).processes
+    assert partitions % processes == 0, f"{partitions} partitions, {processes} processes"
+
+
+def test_host_ports_are_unique() -> None:
+    seen: dict[int, str] = {}
+    for name, service in SERVICES.items():
+        for port in published_ports(service):
+            assert port.host_port not in seen, (
+                f"host port {port.host_port} published by {seen.get(port.host_port)} and {name}")
+            seen[port.host_port] = name
+
+
+def test_mounted_repo_files_exist() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, service in SERVICES.items():
+        for mount in mounts(service):
+            if mount.kind == "bind":
+                assert not mount.source.startswith(("/", "~")), (
+                    f"{name}: {mount.source} is outside the repo")
+                # A missing bind source makes Docker create an empty directory there.
+                assert (COMPOSE_FILE.parent / mount.source).exists(), (
+                    f"{name}: {mount.source} does not exist")
+            else:
+                assert mount.source in declared, f"{name}: volume {mount.source} not declared"
+
+
+def test_engine_reads_the_mounted_rules_and_keeps_state_in_a_volume(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflows.domain.rules import load_rules
+
+    engine = SERVICES["engine"]
+    args = parse_command("engine", monkeypatch)
+    rules = mount_at(engine, args.rules)
+    assert rules and rules.kind == "bind" and rules.target == str(args.rules), (
+        f"--rules {args.rules} is not a file mounted from the repo")
+    assert rules.read_only
+    load_rules(COMPOSE_FILE.parent / rules.source)
+
+    state = mount_at(engine, args.recovery_dir)
+    assert state and state.kind == "volume", (
+        f"--recovery-dir {args.recovery_dir} is not on a named volume: state lost on recreate")
+    volumes = [exec_form(a) if a.startswith("[") else a.split()
+               for k, a in final_stage() if k == "VOLUME"]
+    assert state.target in {path for paths in volumes for path in paths}, (
+        "the state volume's mount point is not the image's VOLUME (owned by the app user)")
+
+
+# --- Dockerfile ----------------------------------------------------------------------
+
+
+def test_dockerfile_entrypoint_is_the_console_script() -> None:
+    entrypoints = [args for keyword, args in final_stage() if keyword == "ENTRYPOINT"]
+    assert entrypoints, "no ENTRYPOINT"
+    entrypoint = exec_form(entrypoints[-1])
+    assert entrypoint == ["availability"]
+    assert entrypoint[0] in PYPROJECT["project"]["scripts"]
+    commands = [args for keyword, args in final_stage() if keyword == "CMD"]
+    assert commands and exec_form(commands[-1]) == ["--help"]
+
+
+def test_dockerfile_runs_a_supported_python_as_non_root() -> None:
+    supported = SpecifierSet(PYPROJECT["project"]["requires-python"])
+    for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            image = args.split()[0]
+            match = re.fullmatch(r"python:(\d+\.\d+)(?:\.\d+)?-slim(?:-\w+)?", image)
+            assert match, f"base image {image} is not python:X.Y-slim"
+            assert f"{match.group(1)}.0" in supported, f"{image} vs {supported}"
+    users = [args for keyword, args in final_stage() if keyword == "USER"]
+    assert users, "the image runs as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_dockerfile_copies_every_package() -> None:
+    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {
+        path.name for path in REPO.iterdir()
+        if (path / "__init__.py").is_file()
+        and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+    }
+    assert packages, "no packages found"
+    copied: set[str] = set()
+    for keyword, args in dockerfile_instructions():
+        if keyword == "COPY" and "--from" not in args:
+            sources = [a for a in args.split() if not a.startswith("--")][:-1]
+            copied.update(source.rstrip("/") for source in sources)
+    assert "pyproject.toml" in copied
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert ".venv" in ignored and ".git" in ignored
+    for source in copied:
+        hit = [pattern for pattern in ignored if fnmatch.fnmatch(source, pattern)]
+        assert not hit, f".dockerignore {hit} excludes {source}, which the Dockerfile copies"
