@@ -109,8 +109,10 @@ class SnapshotPublisher:
     the publisher pickles small and compares cheaply.
     """
 
-    positions: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
-    """location_id -> (value, version)."""
+    positions: dict[str, tuple[PositionQuantities, int]] = field(default_factory=dict)
+    """location_id -> (last published quantities, version). A position's channels are
+    recomputed from these: an untouched position cannot have changed since it was
+    published, and a position whose value did not change cannot move a channel."""
     channels: dict[tuple[str, str | None], tuple[tuple[Any, ...], int]] = field(
         default_factory=dict
     )
@@ -128,7 +130,7 @@ class SnapshotPublisher:
 
         Expiry is brought up to ``now_ms`` first (the locations it changes count as
         touched), so a snapshot never counts a reservation that has already expired.
-        Only channels an affected location is eligible for are recomputed.
+        Only channels of a location whose value changed are recomputed.
         """
         sku = inventory.sku
         affected = dict.fromkeys(touched)
@@ -136,19 +138,21 @@ class SnapshotPublisher:
         if expired:
             affected.update(dict.fromkeys(expired))
         positions = inventory.positions
-        current: dict[str, PositionQuantities] = {}
+        published = self.positions
         position_snapshots: list[PositionSnapshot] = []
+        changed: list[str] = []
         channel_names: set[str] = set()
         for location_id in affected:
             if location_id not in positions:
                 continue
-            quantities = current[location_id] = inventory.position_quantities(location_id, rules)
-            channel_names.update(rules.channel_names_for(location_id))
-            previous = self.positions.get(location_id)
+            quantities = inventory.position_quantities(location_id, rules)
+            previous = published.get(location_id)
             if previous is not None and previous[0] == quantities:
                 continue
             version = 1 if previous is None else previous[1] + 1
-            self.positions[location_id] = (tuple(quantities), version)
+            published[location_id] = (quantities, version)
+            changed.append(location_id)
+            channel_names.update(rules.channel_names_for(location_id))
             position_snapshots.append(
                 PositionSnapshot(sku, location_id, *quantities, version, computed_at)
             )
@@ -156,36 +160,23 @@ class SnapshotPublisher:
         channel_snapshots: list[ChannelSnapshot] = []
         if not channel_names:
             return position_snapshots, channel_snapshots
-        rules_in_order = [rule for rule in rules.channels.values() if rule.name in channel_names]
-        pooled: dict[str, list[tuple[str, PositionQuantities]]] = {
-            rule.name: [] for rule in rules_in_order if not rule.per_location
-        }
-        if pooled:
-            for location_id in positions:
-                names = rules.channel_names_for(location_id)
-                hits = [name for name in pooled if name in names]
-                if not hits:
-                    continue
-                quantities = current.get(location_id)
-                if quantities is None:
-                    quantities = current[location_id] = inventory.position_quantities(
-                        location_id, rules
-                    )
-                for name in hits:
-                    pooled[name].append((location_id, quantities))
-        for rule in rules_in_order:
-            if not rule.per_location:
-                self._emit(
-                    availability(rule, sku, pooled[rule.name]), computed_at, channel_snapshots
-                )
+        for rule in rules.channels.values():
+            name = rule.name
+            if name not in channel_names:
                 continue
-            for location_id in affected:
-                if location_id in current and rule.name in rules.channel_names_for(location_id):
-                    self._emit(
-                        availability(rule, sku, [(location_id, current[location_id])], location_id),
-                        computed_at,
-                        channel_snapshots,
-                    )
+            if rule.per_location:
+                for location_id in changed:
+                    if name in rules.channel_names_for(location_id):
+                        only = [(location_id, published[location_id][0])]
+                        self._emit(availability(rule, sku, only, location_id), computed_at,
+                                   channel_snapshots)
+                continue
+            eligible = [
+                (location_id, value)
+                for location_id, (value, _) in published.items()
+                if name in rules.channel_names_for(location_id)
+            ]
+            self._emit(availability(rule, sku, eligible), computed_at, channel_snapshots)
         return position_snapshots, channel_snapshots
 
     def _emit(
