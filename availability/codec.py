@@ -25,6 +25,7 @@ from typing import Any
 
 import fastavro
 
+from availability import avro_writer
 from dataflows.domain.events import InvalidEvent, InventoryEvent, parse_event
 
 EVENT_SCHEMA = "InventoryEvent"
@@ -34,6 +35,12 @@ DEAD_LETTER_SCHEMA = "DeadLetter"
 
 _MAGIC = 0
 _HEADER = struct.Struct(">bI")
+
+
+_FAST_WRITERS = {
+    POSITION_SCHEMA: avro_writer.position_record,
+    CHANNEL_SCHEMA: avro_writer.channel_record,
+}
 
 
 class RegistryError(RuntimeError):
@@ -107,10 +114,15 @@ class Codec:
         self.registry = SchemaRegistry(registry_url) if registry_url else None
 
     def encode(self, schema: str, record: Mapping[str, Any], topic: str) -> bytes:
-        buffer = io.BytesIO()
+        header = b""
         if self.registry is not None:
             schema_id = self.registry.register(f"{topic}-value", schema_text(schema))
-            buffer.write(_HEADER.pack(_MAGIC, schema_id))
+            header = _HEADER.pack(_MAGIC, schema_id)
+        fast = _FAST_WRITERS.get(schema)
+        if fast is not None:
+            return header + fast(record)
+        buffer = io.BytesIO(header)
+        buffer.seek(len(header))
         fastavro.schemaless_writer(buffer, _parsed(schema), record)
         return buffer.getvalue()
 

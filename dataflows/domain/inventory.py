@@ -74,6 +74,12 @@ class SkuInventory:
     _next_expiry: int | None = None
     _next_expiry_stale: bool = False
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return SkuInventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
+                              self.positions, self.watermark, self.seen, self._settle_due,
+                              self._prune_due, self._housekeeping_due, self._next_expiry,
+                              self._next_expiry_stale)
+
     def apply_event(self, event: InventoryEvent, now_ms: int) -> Outcome:
         """Fold one event in; duplicates and rejected events change nothing.
 

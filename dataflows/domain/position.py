@@ -62,6 +62,10 @@ class Reservation:
     closed_at: int | None = None
     """Latest RELEASED/FULFILLED event time; None while not closed."""
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return Reservation, (self.quantity, self.expires_at, self.created, self.status,
+                             self.closed_at)
+
     @property
     def is_open(self) -> bool:
         return self.status is ReservationStatus.OPEN
@@ -78,6 +82,9 @@ class Transfer:
     quantity: int = 0
     shipped: tuple[int, str] | None = None
     received_at: int | None = None
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return Transfer, (self.quantity, self.shipped, self.received_at)
 
     @property
     def is_open(self) -> bool:
@@ -104,6 +111,14 @@ class Position:
     """Min-heap of (expires_at, reservation_id); stale entries are skipped lazily."""
     transfers: dict[str, Transfer] = field(default_factory=dict)
     in_transit: int = 0
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        """Positional state: recovery pickles every touched position each epoch, and the
+        generated dataclass pickling (a ``fields()`` walk per object) is several times
+        slower."""
+        return Position, (self.as_of, self.count, self.base, self.deltas, self.delta_sum,
+                          self.settled_through, self.unsellable, self.reservations,
+                          self.reserved, self.expiries, self.transfers, self.in_transit)
 
     @property
     def on_hand(self) -> int:

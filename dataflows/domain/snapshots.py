@@ -118,6 +118,9 @@ class SnapshotPublisher:
     )
     """(channel, location_id or None) -> (value, version)."""
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return SnapshotPublisher, (self.positions, self.channels)
+
     def publish(
         self,
         inventory: SkuInventory,
