@@ -27,7 +27,7 @@ def add_brokers_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from availability.cli import engine, kafka, produce, topics
+    from availability.cli import api, demo, engine, kafka, produce, query, topics
 
     parser = argparse.ArgumentParser(
         prog="availability",
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (kafka, topics, produce, engine):
+    for module in (kafka, topics, produce, engine, api, query, demo):
         module.register(sub)
     return parser
 

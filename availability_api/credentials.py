@@ -1,0 +1,67 @@
+"""TLS material for the server and the client, read from PEM files.
+
+Server: certificate + key turn TLS on; a client CA on top turns on mutual TLS, where
+a client must present a certificate signed by that CA or the handshake is refused.
+Client: a CA to trust the server (system roots when absent), and for mutual TLS its
+own certificate + key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+class TlsError(ValueError):
+    """A TLS file is missing, unreadable or given without its partner."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate it signed
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca is not None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
+    """The server's TLS settings from the three optional paths, checked for coherence."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise TlsError("a client CA (mutual TLS) needs the server's certificate and key")
+        return None
+    if cert is None or key is None:
+        raise TlsError("TLS needs both a certificate and its private key")
+    return ServerTls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+
+
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    key = _read(tls.key, "TLS key")
+    cert = _read(tls.cert, "TLS certificate")
+    client_ca = _read(tls.client_ca, "client CA") if tls.client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def channel_credentials(ca: Path | None = None, cert: Path | None = None,
+                        key: Path | None = None) -> grpc.ChannelCredentials:
+    """Client credentials; ``cert`` and ``key`` go together (mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise TlsError("a client certificate needs its private key, and the other way round")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "CA certificate") if ca else None,
+        private_key=_read(key, "client key") if key else None,
+        certificate_chain=_read(cert, "client certificate") if cert else None,
+    )

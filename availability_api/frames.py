@@ -1,0 +1,78 @@
+"""Stored value encoding: each value is field 1 of a response, already in wire form.
+
+Every response message of the API carries its value(s) in field 1 (a singular message
+or a repeated one, the wire form is the same). A snapshot is converted once, when the
+replica applies it, into the bytes of a one-value response, so the read path never
+decodes Avro: a response is the concatenation of stored frames, parsed once in C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from availability_api.generated.availability.v1 import availability_pb2 as pb
+from availability_api.validation import DELIMITER
+
+
+def channel_key(channel: str, sku: str, location_id: str | None = None) -> str:
+    """The ``availability.channels`` key: ``channel|sku`` or ``channel|sku|location_id``."""
+    if location_id:
+        return f"{channel}{DELIMITER}{sku}{DELIMITER}{location_id}"
+    return f"{channel}{DELIMITER}{sku}"
+
+
+def position_key(sku: str, location_id: str) -> str:
+    """The ``availability.positions`` key: ``sku|location_id``."""
+    return f"{sku}{DELIMITER}{location_id}"
+
+
+def channel_frame(record: Mapping[str, Any]) -> bytes:
+    """A decoded ChannelAvailability snapshot as a stored frame (found=true)."""
+    value = pb.ChannelAvailability(
+        channel=record["channel"],
+        sku=record["sku"],
+        location_id=record["location_id"] or "",
+        found=True,
+        ats=record["ats"],
+        as_of=record["as_of"],
+        version=record["version"],
+        computed_at=record["computed_at"],
+        locations=[pb.LocationContribution(location_id=c["location_id"], ats=c["ats"],
+                                           in_transit=c["in_transit"])
+                   for c in record["locations"]],
+    )
+    return pb.GetAvailabilityResponse(availability=value).SerializeToString()
+
+
+def missing_channel_frame(channel: str, sku: str, location_id: str = "") -> bytes:
+    """The frame answered for a SKU the channel has no number for: found=false, ats 0."""
+    value = pb.ChannelAvailability(channel=channel, sku=sku, location_id=location_id)
+    return pb.GetAvailabilityResponse(availability=value).SerializeToString()
+
+
+def missing_frame_for_key(key: str) -> bytes:
+    """The not-found frame of a channel key (used when a tombstone deletes it)."""
+    parts = key.split(DELIMITER)
+    return missing_channel_frame(parts[0], parts[1] if len(parts) > 1 else "",
+                                 parts[2] if len(parts) > 2 else "")
+
+
+def position_frame(record: Mapping[str, Any]) -> bytes:
+    """A decoded PositionAvailability snapshot as a stored frame."""
+    value = pb.PositionAvailability(
+        sku=record["sku"], location_id=record["location_id"], on_hand=record["on_hand"],
+        unsellable=record["unsellable"], reserved=record["reserved"],
+        in_transit=record["in_transit"], safety_stock=record["safety_stock"],
+        ats=record["ats"], as_of=record["as_of"], version=record["version"],
+        computed_at=record["computed_at"],
+    )
+    return pb.ListPositionsResponse(positions=[value]).SerializeToString()
+
+
+def channel_frame_version(frame: bytes) -> int:
+    return pb.GetAvailabilityResponse.FromString(frame).availability.version
+
+
+def position_frame_version(frame: bytes) -> int:
+    return pb.ListPositionsResponse.FromString(frame).positions[0].version
