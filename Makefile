@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow lint demo kafka-start kafka-stop clean
+.PHONY: setup test test-slow lint codegen demo kafka-start kafka-stop clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/python -m availability_api.codegen --check
+
+# Regenerates availability_api/generated/ from the .proto (never edit those files by hand).
+codegen: setup
+	$(BIN)/python -m availability_api.codegen
 
 demo: setup
 	$(BIN)/availability demo

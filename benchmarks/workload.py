@@ -26,6 +26,8 @@ class Workload:
     step_ms: int = 50
     duplicate_share: float = 0.01
     zipf_s: float = 1.1
+    flash_sale: bool = False
+    """Demand only (store sales and web reservations, mostly fulfilled): a sale rush."""
 
     @property
     def locations(self) -> list[str]:
@@ -63,8 +65,10 @@ class Workload:
                 continue
             sku = rng.choices(skus, weights)[0]
             roll = rng.random()
+            if self.flash_sale:
+                roll = 0.12 + roll * 0.62
             if roll < 0.12:
-                event = make(E.RECEIPT, sku, rng.choice(dcs), rng.randint(10, 200))
+                event = make(E.RECEIPT, sku, rng.choice(dcs), rng.randint(10, 60))
             elif roll < 0.40:
                 event = make(E.SALE, sku, rng.choice(stores), rng.randint(1, 3))
             elif roll < 0.58:
