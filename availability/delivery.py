@@ -23,6 +23,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "queue.buffering.max.messages": 500000,
     "compression.type": "lz4",
     "enable.idempotence": True,
+    "topic.metadata.refresh.fast.interval.ms": 20,  # fresh topics: find leaders quickly
 }
 
 

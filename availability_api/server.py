@@ -30,9 +30,11 @@ from grpc_reflection.v1alpha import reflection
 
 from availability.codec import Codec
 from availability.topics import TopicNames
+from availability_api import metrics
 from availability_api.credentials import ServerTls, server_credentials
 from availability_api.feed import ChangeFeed
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer
 from availability_api.store import ReplicaStore
@@ -59,6 +61,8 @@ class ApiSettings:
     schema_registry: str | None = None
     drain_seconds: float = 2.0
     grace_seconds: float = 5.0
+    metrics_port: int = 0
+    """Prometheus /metrics port; 0: off (the CLI's default is 9109)."""
 
 
 class ApiServer:
@@ -90,7 +94,8 @@ class ApiServer:
             self.replica.on_caught_up = lambda: self._from_thread(loop, self._mark_serving)
             self.replica.on_stopped = lambda failure: self._from_thread(
                 loop, self._replica_stopped.set)
-            self._server = grpc.aio.server(options=SERVER_OPTIONS)
+            self._server = grpc.aio.server(options=SERVER_OPTIONS,
+                                           interceptors=[MetricsInterceptor()])
             pb_grpc.add_AvailabilityServiceServicer_to_server(
                 AvailabilityServicer(self.store, self.replica, self.feed), self._server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -109,6 +114,8 @@ class ApiServer:
                  settings.host, self.port, scheme, settings.topics.positions,
                  settings.topics.channels)
         self.replica.start()
+        replica = self.replica
+        metrics.serve(settings.metrics_port, lambda: replica.lag)
         return self.port
 
     def _bind(self, server: grpc.aio.Server) -> int:

@@ -24,6 +24,7 @@ from dataflows.domain.rules import Rules, load_rules
 from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot
 from dataflows.kafka_sink import ConfirmedKafkaSink, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
+from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, reason_class
 from dataflows.settings import EngineSettings
 from dataflows.sku_logic import SkuAvailabilityLogic, SkuState, now_ms
 
@@ -41,30 +42,37 @@ def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str
         "source_offset": origin.offset,
         "rejected_at": now_ms(),
     }
-    return OutgoingRecord(dlq_topic, origin.key, codec.encode(DEAD_LETTER_SCHEMA, record,
-                                                              dlq_topic))
+    DEAD_LETTERS.labels(reason_class(reason)).inc()
+    return OutgoingRecord(dlq_topic, origin.key,
+                          codec.encode(DEAD_LETTER_SCHEMA, record, dlq_topic),
+                          origin.timestamp_ms)
 
 
 def decode(codec: Codec, dlq_topic: str, origin: SourceRecord) -> Decoded:
     try:
         return codec.decode_event(origin.value), origin
     except InvalidEvent as exc:
+        EVENTS.labels("unknown", "invalid").inc()
         return dead_letter(codec, dlq_topic, origin, str(exc))
 
 
 def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[PositionSnapshot],
-                     channels: list[ChannelSnapshot]) -> list[OutgoingRecord]:
+                     channels: list[ChannelSnapshot], origin_ms: int) -> list[OutgoingRecord]:
     topics = settings.topics
     out = [
         OutgoingRecord(topics.positions, snap.key,
-                       codec.encode(POSITION_SCHEMA, snap.to_record(), topics.positions))
+                       codec.encode(POSITION_SCHEMA, snap.to_record(), topics.positions),
+                       origin_ms)
         for snap in positions
     ]
     out.extend(
         OutgoingRecord(topics.channels, snap.key,
-                       codec.encode(CHANNEL_SCHEMA, snap.to_record(), topics.channels))
+                       codec.encode(CHANNEL_SCHEMA, snap.to_record(), topics.channels),
+                       origin_ms)
         for snap in channels
     )
+    SNAPSHOTS.labels("position").inc(len(positions))
+    SNAPSHOTS.labels("channel").inc(len(channels))
     return out
 
 

@@ -8,17 +8,21 @@ delivery raises and stops the flow, which then resumes from its last recovery ep
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from availability.delivery import ConfirmedProducer
+from dataflows.metrics import FRESHNESS
 
 
 class OutgoingRecord(NamedTuple):
     topic: str
     key: str | bytes | None
     value: bytes
+    origin_ms: int = -1
+    """Kafka timestamp of the oldest input that caused it, for the freshness metric."""
 
 
 class _ProducerPartition(StatelessSinkPartition[OutgoingRecord]):
@@ -27,9 +31,14 @@ class _ProducerPartition(StatelessSinkPartition[OutgoingRecord]):
 
     def write_batch(self, items: list[OutgoingRecord]) -> None:
         produce = self._producer.produce
-        for topic, key, value in items:
+        for topic, key, value, _ in items:
             produce(topic, value, key)
         self._producer.confirm()
+        acked = time.time() * 1000
+        observe = FRESHNESS.observe
+        for origin in {item.origin_ms for item in items}:
+            if origin >= 0:
+                observe(max(0.0, acked - origin) / 1000)
 
     def close(self) -> None:
         self._producer.confirm()

@@ -9,11 +9,14 @@ snapshot and no consumer group is used.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from dataflows.metrics import INPUT_LAG
 
 STOP_REQUESTED = threading.Event()
 """Set by the engine's signal handler: partitions end, so the flow drains and exits."""
@@ -39,11 +42,17 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
         self._partition = partition
         self._next_offset = offset
         self._batch_size = batch_size
+        self._lag_gauge = INPUT_LAG.labels(str(partition))
+        self._lag_due = 0.0
 
     def next_batch(self) -> list[SourceRecord]:
         if STOP_REQUESTED.is_set():
             raise StopIteration
         messages = self._consumer.consume(self._batch_size, 0.001)
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + 1.0
+            self._report_lag()
         if not messages:
             return []
         batch = []
@@ -56,6 +65,13 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
                                       message.value(), message.timestamp()[1]))
         self._next_offset = batch[-1].offset + 1
         return batch
+
+    def _report_lag(self) -> None:
+        """From the consumer's cached high watermark: no broker round trip."""
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self._topic, self._partition), cached=True)
+        if high >= 0 and self._next_offset >= 0:
+            self._lag_gauge.set(max(0, high - self._next_offset))
 
     def snapshot(self) -> int:
         return self._next_offset

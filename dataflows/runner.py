@@ -19,6 +19,7 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from dataflows import metrics
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
 from dataflows.settings import EngineSettings
@@ -45,6 +46,8 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
     """Run this process's part of the flow until SIGINT or SIGTERM asks it to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _request_stop)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port + (process_id or 0))
     recovery = (RecoveryConfig(str(settings.recovery_dir))
                 if settings.recovery_dir is not None else None)
     cli_main(

@@ -23,3 +23,5 @@ class EngineSettings:
     dedupe_horizon_ms: int = 7 * DAY_MS
     lateness_horizon_ms: int = DAY_MS
     flow_id: str = "availability"
+    metrics_port: int = 9108
+    """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""

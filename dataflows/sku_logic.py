@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -21,9 +22,10 @@ from dataflows.domain.rules import Rules
 from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
 from dataflows.kafka_sink import OutgoingRecord
 from dataflows.kafka_source import SourceRecord
+from dataflows.metrics import count_events
 
 InventoryFactory = Callable[[str], SkuInventory]
-Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot]], list[OutgoingRecord]]
+Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot], int], list[OutgoingRecord]]
 Rejector = Callable[[SourceRecord, str], OutgoingRecord]
 
 
@@ -65,20 +67,26 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
         now = now_ms()
         touched: set[str] = set()
         rejected: list[OutgoingRecord] = []
+        results: Tally[tuple[str, str]] = Tally()
+        oldest = values[0][1].timestamp_ms
         for event, origin in values:
             outcome = inventory.apply_event(event, now)
+            results[event.event_type.value, outcome.status] += 1
+            if origin.timestamp_ms < oldest:
+                oldest = origin.timestamp_ms
             if outcome.status == "applied":
                 touched.update(outcome.touched)
             elif outcome.status == "rejected":
                 rejected.append(self.reject(origin, outcome.reason or "rejected"))
-        return self._publish(touched, now) + rejected, self.RETAIN
+        count_events(results)
+        return self._publish(touched, now, oldest) + rejected, self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[OutgoingRecord], bool]:
         if self._state is None:
             return [], self.RETAIN
         now = now_ms()
         touched = self._state.inventory.expire(now)
-        return self._publish(set(touched), now), self.RETAIN
+        return self._publish(set(touched), now, -1), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self._state is None:
@@ -91,10 +99,10 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
     def snapshot(self) -> bytes:
         return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _publish(self, touched: set[str], now: int) -> list[OutgoingRecord]:
+    def _publish(self, touched: set[str], now: int, origin_ms: int) -> list[OutgoingRecord]:
         if not touched or self._state is None:
             return []
         positions, channels = self._state.publisher.publish(
             self._state.inventory, touched, self.rules, now, now
         )
-        return self.encode(positions, channels)
+        return self.encode(positions, channels, origin_ms)

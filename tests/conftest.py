@@ -88,7 +88,7 @@ class EngineProcess:
             "--recovery-dir", str(recovery_dir), "--processes", str(processes),
             "--events-topic", topics.events, "--dlq-topic", topics.dlq,
             "--positions-topic", topics.positions, "--channels-topic", topics.channels,
-            "--epoch-interval", "1", *extra,
+            "--epoch-interval", "1", "--metrics-port", "0", *extra,
         ]
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None

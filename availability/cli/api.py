@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tls.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
     tls.add_argument("--tls-client-ca", type=Path, default=None,
                      help="CA of client certificates: turns on mutual TLS")
+    parser.add_argument("--metrics-port", type=int, default=9109,
+                        help="Prometheus /metrics port; 0 turns it off")
     parser.add_argument("--drain-seconds", type=float, default=2.0,
                         help="on shutdown, seconds answered as NOT_SERVING before stopping")
     parser.add_argument("--grace-seconds", type=float, default=5.0,
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, brokers=args.brokers, topics=TopicNames.from_args(args),
         host=args.host, port=args.port, tls=tls, schema_registry=args.schema_registry,
         drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
     )
     try:
         return asyncio.run(_serve(ApiServer(settings)))

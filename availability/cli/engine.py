@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="event-time horizon of event_id deduplication")
     parser.add_argument("--lateness-horizon-hours", type=float, default=24,
                         help="event-time horizon for re-basing a late COUNT")
+    parser.add_argument("--metrics-port", type=int, default=9108,
+                        help="Prometheus /metrics port of process 0 (process i: port + i); "
+                             "0 turns it off")
     add_topic_arguments(parser)
     parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
@@ -58,6 +61,7 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         epoch_interval_s=args.epoch_interval,
         dedupe_horizon_ms=int(args.dedupe_horizon_hours * HOUR_MS),
         lateness_horizon_ms=int(args.lateness_horizon_hours * HOUR_MS),
+        metrics_port=args.metrics_port,
     )
 
 
@@ -125,6 +129,7 @@ def _member_args(args: argparse.Namespace) -> list[str]:
         "--lateness-horizon-hours", str(args.lateness_horizon_hours),
         "--events-topic", args.events_topic, "--dlq-topic", args.dlq_topic,
         "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
+        "--metrics-port", str(args.metrics_port),
     ]
     if args.schema_registry:
         argv += ["--schema-registry", args.schema_registry]

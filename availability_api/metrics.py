@@ -1,0 +1,112 @@
+"""Prometheus metrics of the API replica: requests by method and status, latency, lag.
+
+Collected by a server interceptor, so the servicer stays free of bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("availability.api")
+
+REQUESTS = Counter(
+    "availability_api_requests",
+    "Finished RPCs by method and gRPC status code.",
+    ["method", "code"],
+)
+LATENCY = Histogram(
+    "availability_api_request_seconds",
+    "Server-side RPC latency by method (for WatchAvailability: the stream's lifetime).",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300),
+)
+REPLICA_LAG = Gauge(
+    "availability_api_replica_lag_records",
+    "Snapshot records on the topics not yet applied to this replica's RocksDB.",
+)
+
+
+def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if failed else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith("/availability."):
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _timed_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _timed_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+
+def _timed_unary(method: str, inner: Callable[..., Awaitable[Any]]
+                 ) -> Callable[..., Awaitable[Any]]:
+    latency = LATENCY.labels(method)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            response = await inner(request, context)
+            failed = False
+            return response
+        finally:
+            latency.observe(time.perf_counter() - started)
+            REQUESTS.labels(method, _code(context, failed)).inc()
+
+    return call
+
+
+def _timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
+                  ) -> Callable[..., AsyncIterator[Any]]:
+    latency = LATENCY.labels(method)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        failed = True
+        try:
+            async for item in inner(request, context):
+                yield item
+            failed = False
+        finally:
+            latency.observe(time.perf_counter() - started)
+            REQUESTS.labels(method, _code(context, failed)).inc()
+
+    return call
+
+
+def serve(port: int, lag: Callable[[], float]) -> bool:
+    """Expose /metrics on ``port`` (0: off); a busy port is logged, not fatal."""
+    REPLICA_LAG.set_function(lag)
+    if not port:
+        return False
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics not served: port %d: %s", port, exc)
+        return False
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return True

@@ -1,0 +1,79 @@
+"""The engine's Prometheus endpoint serves the named metrics with real values."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from availability.codec import Codec
+from availability.topics import TopicNames
+from dataflows.domain.events import EventType, InventoryEvent
+
+pytestmark = pytest.mark.kafka
+
+RULES = """
+[locations.DC1]
+type = "dc"
+
+[channels.web]
+location_types = ["dc"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value; empty while the endpoint is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_engine_metrics_count_events_dead_letters_freshness_and_lag(
+        tmp_path: Path, topics: TopicNames, codec: Codec,
+        publish_events: Callable[..., int], engine_factory: Callable[..., Any],
+        wait_for: Callable[..., Any]) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    now = int(time.time() * 1000)
+    receipt = InventoryEvent("m1", EventType.RECEIPT, now, "wms", "SKU-1", "DC1", 5)
+    sale = InventoryEvent("m2", EventType.SALE, now, "pos", "SKU-1", "DC1", 2)
+    publish_events(topics.events, [receipt, sale, receipt, b"\x00\x01garbage"])
+    port = free_port()
+    engine_factory(topics, rules, extra=("--metrics-port", str(port))).start()
+
+    events = "availability_events_total"
+
+    def counted() -> dict[Any, float] | None:
+        samples = scrape(port)
+        key = (events, (("event_type", "RECEIPT"), ("result", "duplicate")))
+        return samples if samples.get(key) == 1 else None
+
+    samples = wait_for(counted, 60, "the duplicate RECEIPT to be counted")
+    assert samples[(events, (("event_type", "RECEIPT"), ("result", "applied")))] == 1
+    assert samples[(events, (("event_type", "SALE"), ("result", "applied")))] == 1
+    assert samples[(events, (("event_type", "unknown"), ("result", "invalid")))] == 1
+    assert samples[("availability_dead_letters_total", (("reason", "undecodable"),))] == 1
+    assert samples[("availability_snapshots_total", (("kind", "position"),))] >= 1
+    assert samples[("availability_freshness_seconds_count", ())] >= 1
+    lags = [value for (name, _), value in samples.items()
+            if name == "availability_input_lag_messages"]
+    assert len(lags) == 4 and all(value == 0 for value in lags)
