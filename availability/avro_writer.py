@@ -8,7 +8,7 @@ with them: the tests fail if it does not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -40,41 +40,43 @@ _NULL_BRANCH = b"\x00"
 _SECOND_BRANCH = b"\x02"
 
 
-def position_record(record: Mapping[str, Any]) -> bytes:
-    """PositionAvailability: 2 strings then 9 longs."""
-    return b"".join((
-        string_bytes(record["sku"]),
-        string_bytes(record["location_id"]),
-        long_bytes(record["on_hand"]),
-        long_bytes(record["unsellable"]),
-        long_bytes(record["reserved"]),
-        long_bytes(record["in_transit"]),
-        long_bytes(record["safety_stock"]),
-        long_bytes(record["ats"]),
-        long_bytes(record["as_of"]),
-        long_bytes(record["version"]),
-        long_bytes(record["computed_at"]),
-    ))
+POSITION_FIELDS = ("sku", "location_id", "on_hand", "unsellable", "reserved", "in_transit",
+                   "safety_stock", "ats", "as_of", "version", "computed_at")
+CHANNEL_FIELDS = ("channel", "sku", "location_id", "ats", "as_of", "version", "computed_at",
+                  "locations")
+CONTRIBUTION_FIELDS = ("location_id", "ats", "in_transit")
 
 
-def channel_record(record: Mapping[str, Any]) -> bytes:
-    """ChannelAvailability: strings, a nullable location, longs, then the contributions."""
-    location_id = record["location_id"]
+def position_record(record: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """PositionAvailability from a mapping, or from values in schema field order."""
+    values = [record[name] for name in POSITION_FIELDS] if isinstance(record, Mapping) else record
+    sku, location_id, *numbers = values
+    return b"".join((string_bytes(sku), string_bytes(location_id),
+                     *[long_bytes(number) for number in numbers]))
+
+
+def channel_record(record: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """ChannelAvailability from a mapping, or from values in schema field order."""
+    if isinstance(record, Mapping):
+        channel, sku, location_id, ats, as_of, version, computed_at, locations = (
+            record[name] for name in CHANNEL_FIELDS)
+        locations = [[item[name] for name in CONTRIBUTION_FIELDS] for item in locations]
+    else:
+        channel, sku, location_id, ats, as_of, version, computed_at, locations = record
     parts = [
-        string_bytes(record["channel"]),
-        string_bytes(record["sku"]),
+        string_bytes(channel),
+        string_bytes(sku),
         _NULL_BRANCH if location_id is None else _SECOND_BRANCH + string_bytes(location_id),
-        long_bytes(record["ats"]),
-        long_bytes(record["as_of"]),
-        long_bytes(record["version"]),
-        long_bytes(record["computed_at"]),
+        long_bytes(ats),
+        long_bytes(as_of),
+        long_bytes(version),
+        long_bytes(computed_at),
     ]
-    locations = record["locations"]
     if locations:
         parts.append(long_bytes(len(locations)))
-        for item in locations:
-            parts.append(string_bytes(item["location_id"]))
-            parts.append(long_bytes(item["ats"]))
-            parts.append(long_bytes(item["in_transit"]))
+        for member, member_ats, in_transit in locations:
+            parts.append(string_bytes(member))
+            parts.append(long_bytes(member_ats))
+            parts.append(long_bytes(in_transit))
     parts.append(b"\x00")
     return b"".join(parts)

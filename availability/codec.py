@@ -113,7 +113,10 @@ class Codec:
     def __init__(self, registry_url: str | None = None) -> None:
         self.registry = SchemaRegistry(registry_url) if registry_url else None
 
-    def encode(self, schema: str, record: Mapping[str, Any], topic: str) -> bytes:
+    def encode(self, schema: str, record: Mapping[str, Any] | tuple[Any, ...], topic: str
+               ) -> bytes:
+        """``record`` is a field mapping; for the snapshot schemas it may also be the
+        snapshot tuple itself (fields in schema order), which skips building a dict."""
         header = b""
         if self.registry is not None:
             schema_id = self.registry.register(f"{topic}-value", schema_text(schema))
@@ -123,6 +126,8 @@ class Codec:
             return header + fast(record)
         buffer = io.BytesIO(header)
         buffer.seek(len(header))
+        if not isinstance(record, Mapping):
+            record = record._asdict()  # type: ignore[attr-defined]
         fastavro.schemaless_writer(buffer, _parsed(schema), record)
         return buffer.getvalue()
 

@@ -61,13 +61,13 @@ def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[Pos
     topics = settings.topics
     out = [
         OutgoingRecord(topics.positions, snap.key,
-                       codec.encode(POSITION_SCHEMA, snap.to_record(), topics.positions),
+                       codec.encode(POSITION_SCHEMA, snap, topics.positions),
                        origin_ms)
         for snap in positions
     ]
     out.extend(
         OutgoingRecord(topics.channels, snap.key,
-                       codec.encode(CHANNEL_SCHEMA, snap.to_record(), topics.channels),
+                       codec.encode(CHANNEL_SCHEMA, snap, topics.channels),
                        origin_ms)
         for snap in channels
     )

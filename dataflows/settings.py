@@ -19,7 +19,7 @@ class EngineSettings:
     topics: TopicNames = field(default_factory=TopicNames)
     schema_registry: str | None = None
     batch_size: int = 2000
-    epoch_interval_s: float = 5.0
+    epoch_interval_s: float = 10.0
     dedupe_horizon_ms: int = 7 * DAY_MS
     lateness_horizon_ms: int = DAY_MS
     flow_id: str = "availability"

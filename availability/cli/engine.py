@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="Confluent Schema Registry URL (default: plain Avro)")
     parser.add_argument("--batch-size", type=int, default=2000,
                         help="max messages read per partition poll")
-    parser.add_argument("--epoch-interval", type=float, default=5.0,
+    parser.add_argument("--epoch-interval", type=float, default=10.0,
                         help="seconds between recovery snapshots")
     parser.add_argument("--dedupe-horizon-hours", type=float, default=7 * 24,
                         help="event-time horizon of event_id deduplication")

@@ -8,17 +8,12 @@ when its value changed and numbers versions per key, starting at 1.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from dataflows.domain.channels import (
-    ChannelAvailability,
-    LocationContribution,
-    availability,
-)
+from dataflows.domain.channels import LocationContribution, channel_ats
 from dataflows.domain.events import KEY_DELIMITER
 from dataflows.domain.inventory import PositionQuantities, SkuInventory
-from dataflows.domain.rules import Rules
+from dataflows.domain.rules import ChannelRule, Rules
 
 __all__ = [
     "ChannelSnapshot",
@@ -28,8 +23,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class PositionSnapshot:
+class PositionSnapshot(NamedTuple):
+    """Fields in the order of PositionAvailability.avsc (the Avro writer relies on it)."""
+
     sku: str
     location_id: str
     on_hand: int
@@ -47,23 +43,12 @@ class PositionSnapshot:
         return f"{self.sku}{KEY_DELIMITER}{self.location_id}"
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "sku": self.sku,
-            "location_id": self.location_id,
-            "on_hand": self.on_hand,
-            "unsellable": self.unsellable,
-            "reserved": self.reserved,
-            "in_transit": self.in_transit,
-            "safety_stock": self.safety_stock,
-            "ats": self.ats,
-            "as_of": self.as_of,
-            "version": self.version,
-            "computed_at": self.computed_at,
-        }
+        return self._asdict()
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelSnapshot:
+class ChannelSnapshot(NamedTuple):
+    """Fields in the order of ChannelAvailability.avsc (the Avro writer relies on it)."""
+
     channel: str
     sku: str
     location_id: str | None
@@ -101,22 +86,30 @@ def channel_key(channel: str, sku: str, location_id: str | None) -> str:
     return f"{channel}{KEY_DELIMITER}{sku}{KEY_DELIMITER}{location_id}"
 
 
-@dataclass(slots=True)
 class SnapshotPublisher:
     """Last published value and version per key, for one SKU's state.
 
-    Values are stored as plain tuples (every field but version and computed_at), so
-    the publisher pickles small and compares cheaply.
+    ``positions`` and ``channels`` are the state (pickled into recovery snapshots);
+    the member lists and contribution tuples are derived from them and rebuilt after a
+    restore, so they cost nothing to snapshot.
     """
 
-    positions: dict[str, tuple[PositionQuantities, int]] = field(default_factory=dict)
-    """location_id -> (last published quantities, version). A position's channels are
-    recomputed from these: an untouched position cannot have changed since it was
-    published, and a position whose value did not change cannot move a channel."""
-    channels: dict[tuple[str, str | None], tuple[tuple[Any, ...], int]] = field(
-        default_factory=dict
-    )
-    """(channel, location_id or None) -> (value, version)."""
+    __slots__ = ("_contributions", "_members", "channels", "positions")
+
+    def __init__(
+        self,
+        positions: dict[str, tuple[PositionQuantities, int]] | None = None,
+        channels: dict[tuple[str, str | None], tuple[tuple[Any, ...], int]] | None = None,
+    ) -> None:
+        self.positions = positions if positions is not None else {}
+        """location_id -> (last published quantities, version). A position's channels are
+        recomputed from these: an untouched position cannot have changed since it was
+        published, and a position whose value did not change cannot move a channel."""
+        self.channels = channels if channels is not None else {}
+        """(channel, location_id or None) -> ((ats, as_of, contributions), version)."""
+        self._members: dict[str, list[str]] = {}
+        """Pooled channel -> its eligible published locations, sorted."""
+        self._contributions: dict[str, LocationContribution] = {}
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return SnapshotPublisher, (self.positions, self.channels)
@@ -152,8 +145,13 @@ class SnapshotPublisher:
             previous = published.get(location_id)
             if previous is not None and previous[0] == quantities:
                 continue
-            version = 1 if previous is None else previous[1] + 1
+            if previous is None:
+                version = 1
+                self._members.clear()
+            else:
+                version = previous[1] + 1
             published[location_id] = (quantities, version)
+            self._contributions.pop(location_id, None)
             changed.append(location_id)
             channel_names.update(rules.channel_names_for(location_id))
             position_snapshots.append(
@@ -170,37 +168,50 @@ class SnapshotPublisher:
             if rule.per_location:
                 for location_id in changed:
                     if name in rules.channel_names_for(location_id):
-                        only = [(location_id, published[location_id][0])]
-                        self._emit(availability(rule, sku, only, location_id), computed_at,
+                        self._emit(rule, sku, [location_id], location_id, computed_at,
                                    channel_snapshots)
-                continue
-            eligible = [
-                (location_id, value)
-                for location_id, (value, _) in published.items()
-                if name in rules.channel_names_for(location_id)
-            ]
-            self._emit(availability(rule, sku, eligible), computed_at, channel_snapshots)
+            else:
+                self._emit(rule, sku, self._members_of(name, rules), None, computed_at,
+                           channel_snapshots)
         return position_snapshots, channel_snapshots
 
-    def _emit(
-        self, result: ChannelAvailability, computed_at: int, out: list[ChannelSnapshot]
-    ) -> None:
-        key = (result.channel, result.location_id)
-        value = (result.ats, result.as_of, result.locations)
+    def _members_of(self, channel: str, rules: Rules) -> list[str]:
+        members = self._members.get(channel)
+        if members is None:
+            members = sorted(location_id for location_id in self.positions
+                             if channel in rules.channel_names_for(location_id))
+            self._members[channel] = members
+        return members
+
+    def _contribution(self, location_id: str) -> LocationContribution:
+        found = self._contributions.get(location_id)
+        if found is None:
+            quantities = self.positions[location_id][0]
+            found = LocationContribution(location_id, quantities.ats, quantities.in_transit)
+            self._contributions[location_id] = found
+        return found
+
+    def _emit(self, rule: ChannelRule, sku: str, members: list[str], location_id: str | None,
+              computed_at: int, out: list[ChannelSnapshot]) -> None:
+        """Recompute one channel number from published positions; append it if it changed."""
+        published = self.positions
+        pooled = 0
+        as_of = 0
+        with_transit = rule.include_in_transit
+        for member in members:
+            quantities = published[member][0]
+            pooled += quantities.ats
+            if with_transit:
+                pooled += quantities.in_transit
+            if quantities.as_of > as_of:
+                as_of = quantities.as_of
+        contributions = tuple(self._contribution(member) for member in members)
+        value = (channel_ats(rule, pooled), as_of, contributions)
+        key = (rule.name, location_id)
         previous = self.channels.get(key)
         if previous is not None and previous[0] == value:
             return
         version = 1 if previous is None else previous[1] + 1
         self.channels[key] = (value, version)
-        out.append(
-            ChannelSnapshot(
-                channel=result.channel,
-                sku=result.sku,
-                location_id=result.location_id,
-                ats=result.ats,
-                as_of=result.as_of,
-                version=version,
-                computed_at=computed_at,
-                locations=result.locations,
-            )
-        )
+        out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,
+                                   computed_at, contributions))

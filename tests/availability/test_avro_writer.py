@@ -49,3 +49,21 @@ def test_position_writer_matches_fastavro(record: dict[str, Any]) -> None:
 @given(channels)
 def test_channel_writer_matches_fastavro(record: dict[str, Any]) -> None:
     assert avro_writer.channel_record(record) == _fastavro("ChannelAvailability", record)
+
+
+@settings(max_examples=100)
+@given(positions, channels)
+def test_snapshot_tuples_encode_like_their_records(position: dict[str, Any],
+                                                   channel: dict[str, Any]) -> None:
+    from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
+    from dataflows.domain.channels import LocationContribution
+    from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot
+
+    codec = Codec()
+    snapshot = PositionSnapshot(**position)
+    assert codec.encode(POSITION_SCHEMA, snapshot, "t") == _fastavro("PositionAvailability",
+                                                                     position)
+    contributions = tuple(LocationContribution(**item) for item in channel["locations"])
+    pooled = ChannelSnapshot(**{**channel, "locations": contributions})
+    assert codec.encode(CHANNEL_SCHEMA, pooled, "t") == _fastavro("ChannelAvailability",
+                                                                  channel)

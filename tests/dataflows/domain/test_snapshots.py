@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dataflows.domain import snapshots
-from dataflows.domain.channels import ChannelAvailability, LocationContribution
+from dataflows.domain.channels import LocationContribution
 from dataflows.domain.events import InventoryEvent, parse_event
 from dataflows.domain.inventory import SkuInventory
 from dataflows.domain.rules import ChannelRule, Rules, parse_rules
@@ -140,13 +140,13 @@ def test_only_affected_channels_are_recomputed(monkeypatch: pytest.MonkeyPatch) 
     harness = Harness()
     harness.apply(ev("1", "RECEIPT", 10))
     computed: list[str] = []
-    real = snapshots.availability
+    real = snapshots.SnapshotPublisher._emit
 
-    def spy(rule: ChannelRule, *args: Any) -> ChannelAvailability:
+    def spy(self: snapshots.SnapshotPublisher, rule: ChannelRule, *args: Any) -> None:
         computed.append(rule.name)
-        return real(rule, *args)
+        real(self, rule, *args)
 
-    monkeypatch.setattr(snapshots, "availability", spy)
+    monkeypatch.setattr(snapshots.SnapshotPublisher, "_emit", spy)
     harness.apply(ev("2", "RECEIPT", 1, location="S1"))
     assert computed == ["pickup"]
     computed.clear()
