@@ -61,9 +61,15 @@ def reason_class(reason: str) -> str:
     return "invalid"
 
 
+_EVENT_CHILDREN: dict[tuple[str, str], Counter] = {}
+
+
 def count_events(tally: Tally[tuple[str, str]]) -> None:
-    for (event_type, result), count in tally.items():
-        EVENTS.labels(event_type, result).inc(count)
+    for labels, count in tally.items():
+        child = _EVENT_CHILDREN.get(labels)
+        if child is None:
+            child = _EVENT_CHILDREN[labels] = EVENTS.labels(*labels)
+        child.inc(count)
 
 
 def serve(port: int) -> bool:
