@@ -9,7 +9,8 @@
 # Two stages: the first installs the project and its dependencies (all of them ship
 # manylinux wheels for CPython 3.11, so no compiler is needed) into /opt/venv; the
 # second copies only that venv onto a fresh slim base and runs as an unprivileged user.
-# docker-compose.yml runs Kafka, `topics create` and the engine from this image.
+# docker-compose.yml runs `topics create`, the engine and the gRPC API from this image
+# (next to the official Kafka and Prometheus images).
 
 FROM python:3.11-slim AS build
 
@@ -46,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 
 # Unprivileged user; /var/lib/availability is its home and the state volume (engine
-# recovery snapshots). A named volume mounted there starts out owned by this user.
+# recovery snapshots, or an API replica's RocksDB: one volume per container). A named
+# volume mounted there starts out owned by this user.
 RUN groupadd --system --gid 10001 availability \
     && useradd --system --uid 10001 --gid availability \
        --home-dir /var/lib/availability --shell /usr/sbin/nologin availability \
@@ -57,6 +59,9 @@ COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /var/lib/availability
 VOLUME ["/var/lib/availability"]
+# gRPC API (`api --port`), engine and API Prometheus metrics (`--metrics-port` defaults;
+# engine process i serves 9108 + i).
+EXPOSE 50051 9108 9109
 
 ENTRYPOINT ["availability"]
 CMD ["--help"]

@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
+# The CLI defaults of `--metrics-port` (engine process i serves ENGINE + i); used when a
+# command does not set the flag (and when the CLI does not have it at all).
+ENGINE_METRICS_PORT = 9108
+API_METRICS_PORT = 9109
+PROMETHEUS_CONFIG_IN_CONTAINER = "/etc/prometheus/prometheus.yml"
+
 # What the apache/kafka image falls back to for KAFKA_INTER_BROKER_LISTENER_NAME when it
 # is not set (its configureDefaults script fills each unset variable separately).
 KAFKA_IMAGE_DEFAULT_INTER_BROKER_LISTENER = "PLAINTEXT"
@@ -238,7 +244,7 @@ def exec_form(args: str) -> list[str]:
 
 
 def test_compose_has_the_services_and_no_obsolete_version_key() -> None:
-    assert {"kafka", "topics", "engine"} <= SERVICES.keys()
+    assert {"kafka", "topics", "engine", "api", "prometheus"} <= SERVICES.keys()
     assert "version" not in COMPOSE, "the Compose spec has no `version:`"
 
 
@@ -323,7 +329,7 @@ def test_kafka_healthcheck_asks_the_broker() -> None:
 
 
 def test_some_services_are_built_from_the_repo() -> None:
-    assert {"topics", "engine"} <= set(BUILT)
+    assert {"topics", "engine", "api"} <= set(BUILT)
 
 
 @pytest.mark.parametrize("name", BUILT)
@@ -423,10 +429,118 @@ def test_engine_reads_the_mounted_rules_and_keeps_state_in_a_volume(
     state = mount_at(engine, args.recovery_dir)
     assert state and state.kind == "volume", (
         f"--recovery-dir {args.recovery_dir} is not on a named volume: state lost on recreate")
+    assert state.target in image_volumes(), (
+        "the state volume's mount point is not the image's VOLUME (owned by the app user)")
+
+
+def image_volumes() -> set[str]:
     volumes = [exec_form(a) if a.startswith("[") else a.split()
                for k, a in final_stage() if k == "VOLUME"]
-    assert state.target in {path for paths in volumes for path in paths}, (
-        "the state volume's mount point is not the image's VOLUME (owned by the app user)")
+    return {path for paths in volumes for path in paths}
+
+
+def test_named_volumes_belong_to_one_service() -> None:
+    """Recovery snapshots and a replica's RocksDB are single-owner state."""
+    owners: dict[str, str] = {}
+    for name, service in SERVICES.items():
+        for mount in mounts(service):
+            if mount.kind == "volume":
+                assert mount.source not in owners, (
+                    f"volume {mount.source} is mounted by {owners.get(mount.source)} and {name}")
+                owners[mount.source] = name
+
+
+# --- compose: the gRPC read replica --------------------------------------------------
+
+
+def test_api_serves_grpc_on_loopback_and_keeps_its_store_in_a_volume(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    api = SERVICES["api"]
+    args = parse_command("api", monkeypatch)
+    grpc_ports = [p for p in published_ports(api) if p.container_port == args.port]
+    assert grpc_ports, f"api: --port {args.port} is not published"
+    for port in published_ports(api):
+        assert port.host_ip in LOOPBACK_HOSTS, (
+            f"api: {port.host_port} is published on every interface (plaintext gRPC)")
+
+    store = mount_at(api, args.data_dir)
+    assert store and store.kind == "volume", (
+        f"--data-dir {args.data_dir} is not on a named volume: the replica re-reads the topics")
+    assert store.target in image_volumes(), (
+        "the store volume's mount point is not the image's VOLUME (owned by the app user)")
+
+    assert api.get("init") is True, "tini must forward SIGTERM so the replica drains"
+    assert api["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_api_healthcheck_asks_grpc_health_on_the_served_port(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from availability_api.client import AvailabilityClient
+
+    args = parse_command("api", monkeypatch)
+    test = SERVICES["api"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], "exec form, with the image's python"
+    code = test[3]
+    compile(code, "healthcheck", "exec")
+    assert "availability_api.client import AvailabilityClient" in code
+    assert callable(AvailabilityClient.health)
+    assert f"'127.0.0.1:{args.port}'" in code
+    assert "'SERVING'" in code
+
+
+# --- compose: Prometheus -------------------------------------------------------------
+
+
+def metrics_endpoints(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """service:port of every /metrics endpoint the compose services serve."""
+    engine = parse_command("engine", monkeypatch)
+    engine_port = getattr(engine, "metrics_port", ENGINE_METRICS_PORT)
+    api_port = getattr(parse_command("api", monkeypatch), "metrics_port", API_METRICS_PORT)
+    assert engine_port and api_port, "metrics are turned off (--metrics-port 0)"
+    return {f"engine:{engine_port + i}" for i in range(engine.processes)} | {f"api:{api_port}"}
+
+
+def prometheus_config() -> dict[str, Any]:
+    mount = mount_at(SERVICES["prometheus"], PROMETHEUS_CONFIG_IN_CONTAINER)
+    assert mount and mount.kind == "bind" and mount.read_only, (
+        f"{PROMETHEUS_CONFIG_IN_CONTAINER} is not a read-only file from the repo")
+    assert mount.target == PROMETHEUS_CONFIG_IN_CONTAINER
+    return yaml.safe_load((COMPOSE_FILE.parent / mount.source).read_text())
+
+
+def test_prometheus_is_the_official_image_reading_the_repo_config() -> None:
+    prometheus = SERVICES["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus.get("image", ""))
+    assert "build" not in prometheus
+    flags = dict(arg.split("=", 1) for arg in prometheus.get("command") or [] if "=" in arg)
+    assert flags.get("--config.file", PROMETHEUS_CONFIG_IN_CONTAINER) == (
+        PROMETHEUS_CONFIG_IN_CONTAINER)
+    storage = mount_at(prometheus, flags.get("--storage.tsdb.path", "/prometheus"))
+    assert storage and storage.kind == "volume", "Prometheus data is lost on recreate"
+    ui = [p for p in published_ports(prometheus) if p.container_port == 9090]
+    assert ui and all(p.host_ip in LOOPBACK_HOSTS for p in ui)
+
+
+def test_prometheus_scrapes_every_metrics_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = prometheus_config()
+    scraped: dict[str, str] = {}
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        assert job.get("scheme", "http") == "http"
+        for static in job.get("static_configs") or []:
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                assert host in SERVICES, f"{job['job_name']}: {host} is not a compose service"
+                assert port.isdigit(), target
+                assert target not in scraped, f"{target} scraped by two jobs"
+                scraped[target] = job["job_name"]
+    expected = metrics_endpoints(monkeypatch)
+    assert set(scraped) == expected, (
+        f"scraped {sorted(scraped)}, served {sorted(expected)}")
+    for target in scraped:
+        host = target.rpartition(":")[0]
+        assert host in (SERVICES["prometheus"].get("depends_on") or {}), (
+            f"prometheus does not depend on {host}")
 
 
 # --- Dockerfile ----------------------------------------------------------------------

@@ -27,7 +27,17 @@ def add_brokers_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from availability.cli import api, demo, engine, kafka, produce, query, topics
+    from availability.cli import (
+        api,
+        bootstrap,
+        demo,
+        engine,
+        kafka,
+        produce,
+        query,
+        reconcile,
+        topics,
+    )
 
     parser = argparse.ArgumentParser(
         prog="availability",
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (kafka, topics, produce, engine, api, query, demo):
+    for module in (kafka, topics, produce, engine, api, query, demo, bootstrap, reconcile):
         module.register(sub)
     return parser
 
