@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 T = TypeVar("T")
+_TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError._PARTITION_EOF}
 
 
 def scan_topic(brokers: str, topic: str, timeout: float = 60.0) -> Iterator[Message]:
@@ -42,8 +44,11 @@ def scan_topic(brokers: str, topic: str, timeout: float = 60.0) -> Iterator[Mess
             if time.monotonic() > deadline:
                 raise TimeoutError(f"scan of {topic!r} did not reach the end in {timeout}s")
             for message in consumer.consume(1000, 0.5):
-                if message.error() is not None:
-                    raise RuntimeError(f"scan of {topic!r}: {message.error()}")
+                error = message.error()
+                if error is not None:
+                    if error.retriable() or error.code() in _TRANSIENT:
+                        continue  # e.g. a just-created topic whose leader is not known yet
+                    raise RuntimeError(f"scan of {topic!r}: {error}")
                 partition = message.partition()
                 if partition not in ends:
                     continue

@@ -7,6 +7,8 @@ next start resumes every member from the shared recovery directory.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import signal
 import socket
 import subprocess
@@ -71,11 +73,20 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _stop_with_parent() -> None:
+    """In a member, before exec: get SIGTERM when the supervising parent dies (even by
+    kill -9), so no member runs on unsupervised (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+
+
 def run_cluster(member_argv: Sequence[str], processes: int) -> int:
     """Start ``processes`` members (``member_argv`` + --process-id/--addresses) and supervise."""
     addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(processes))
     children = [
-        subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses])
+        subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses],
+                         preexec_fn=_stop_with_parent)
         for index in range(processes)
     ]
 
