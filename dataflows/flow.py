@@ -64,6 +64,12 @@ def is_keyed_event(item: Decoded) -> bool:
     return type(item) is not OutgoingRecord
 
 
+def dead_letter_key(record: OutgoingRecord) -> str:
+    """Dead letters join the fold's keyed output, so the sink sees one shape and the
+    hot path needs no un-keying step."""
+    return "dead-letter"
+
+
 def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[PositionSnapshot],
                      channels: list[ChannelSnapshot], origin_ms: int) -> list[OutgoingRecord]:
     topics = settings.topics
@@ -107,7 +113,7 @@ def build_flow(settings: EngineSettings, rules: Rules | None = None) -> Dataflow
     split = op.branch("valid", decoded, is_keyed_event)
     keyed: KeyedStream[tuple[InventoryEvent, SourceRecord]] = split.trues  # type: ignore[assignment]
     folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, rules, codec))
-    snapshots = op.key_rm("unkey", folded)
-    out = op.merge("all_output", snapshots, split.falses)
+    dead_letters = op.key_on("dlq_key", split.falses, dead_letter_key)
+    out = op.merge("all_output", folded, dead_letters)
     op.output("kafka", out, ConfirmedKafkaSink(settings.brokers))
     return flow

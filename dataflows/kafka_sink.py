@@ -25,18 +25,24 @@ class OutgoingRecord(NamedTuple):
     """Kafka timestamp of the oldest input that caused it, for the freshness metric."""
 
 
-class _ProducerPartition(StatelessSinkPartition[OutgoingRecord]):
+KeyedRecord = tuple[str, OutgoingRecord]
+
+
+class _ProducerPartition(StatelessSinkPartition[KeyedRecord]):
     def __init__(self, brokers: str, config: dict[str, Any]) -> None:
         self._producer = ConfirmedProducer(brokers, config)
 
-    def write_batch(self, items: list[OutgoingRecord]) -> None:
+    def write_batch(self, items: list[KeyedRecord]) -> None:
+        """Items are (state key, record) pairs; the state key is not used here."""
         produce = self._producer.produce
-        for topic, key, value, _ in items:
+        origins = set()
+        for _, (topic, key, value, origin_ms) in items:
             produce(topic, value, key)
+            origins.add(origin_ms)
         self._producer.confirm()
         acked = time.time() * 1000
         observe = FRESHNESS.observe
-        for origin in {item.origin_ms for item in items}:
+        for origin in origins:
             if origin >= 0:
                 observe(max(0.0, acked - origin) / 1000)
 
@@ -44,7 +50,7 @@ class _ProducerPartition(StatelessSinkPartition[OutgoingRecord]):
         self._producer.confirm()
 
 
-class ConfirmedKafkaSink(DynamicSink[OutgoingRecord]):
+class ConfirmedKafkaSink(DynamicSink[KeyedRecord]):
     def __init__(self, brokers: str, producer_config: dict[str, Any] | None = None) -> None:
         self.brokers = brokers
         self.producer_config = producer_config or {}
