@@ -153,3 +153,41 @@ def _wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
 def wait_for() -> Callable[..., object]:
     """``wait_for(predicate, timeout, what)``: poll until truthy, else fail naming ``what``."""
     return _wait_for
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value of a Prometheus endpoint; {} while it is down."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_port
+
+
+@pytest.fixture
+def scrape_metrics() -> Callable[[int], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """``scrape_metrics(port)``: the samples a Prometheus endpoint serves."""
+    return _scrape

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from availability.codec import CHANNEL_SCHEMA, Codec
 from availability.delivery import ConfirmedProducer
@@ -23,27 +20,10 @@ from availability_api.client import ApiError, AvailabilityClient
 pytestmark = pytest.mark.kafka
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def test_api_metrics_after_traffic(brokers: str, topics: TopicNames, codec: Codec,
-                                   tmp_path: Path, wait_for: Callable[..., Any]) -> None:
+                                   tmp_path: Path, wait_for: Callable[..., Any],
+                                   free_port: Callable[[], int],
+                                   scrape_metrics: Callable[[int], dict[Any, float]]) -> None:
     now = int(time.time() * 1000)
     producer = ConfirmedProducer(brokers)
     record = dict(channel="web", sku="SKU-1", location_id=None, ats=7, as_of=now, version=1,
@@ -68,7 +48,7 @@ def test_api_metrics_after_traffic(brokers: str, topics: TopicNames, codec: Code
                 client.get("web", "A|B")
             with pytest.raises(ApiError):
                 client.get("never-seen", "SKU-1")
-        samples = scrape(metrics_port)
+        samples = scrape_metrics(metrics_port)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from availability.codec import Codec
 from availability.topics import TopicNames
@@ -27,30 +24,11 @@ location_types = ["dc"]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value; empty while the endpoint is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def test_engine_metrics_count_events_dead_letters_freshness_and_lag(
         tmp_path: Path, topics: TopicNames, codec: Codec,
         publish_events: Callable[..., int], engine_factory: Callable[..., Any],
-        wait_for: Callable[..., Any]) -> None:
+        wait_for: Callable[..., Any], free_port: Callable[[], int],
+        scrape_metrics: Callable[[int], dict[Any, float]]) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     now = int(time.time() * 1000)
@@ -63,7 +41,7 @@ def test_engine_metrics_count_events_dead_letters_freshness_and_lag(
     events = "availability_events_total"
 
     def counted() -> dict[Any, float] | None:
-        samples = scrape(port)
+        samples = scrape_metrics(port)
         key = (events, (("event_type", "RECEIPT"), ("result", "duplicate")))
         return samples if samples.get(key) == 1 else None
 
