@@ -91,11 +91,13 @@ def watch_snapshots(settings: DemoSettings, stats: LiveStats, stop: threading.Ev
                     stats.dead_letters += 1
                     continue
                 record = codec.decode(CHANNEL_SCHEMA, message.value())
-                received = int(time.time() * 1000)
+                # the snapshot's own Kafka timestamp (set when the engine produced it), not
+                # our receive time, which would add this consumer's polling delay
+                produced = message.timestamp()[1]
                 with stats.lock:
                     stats.snapshots += 1
                     stats.channels[message.key().decode()] = record["ats"]
-                    stats.freshness_ms.append(max(0, received - record["as_of"]))
+                    stats.freshness_ms.append(max(0, produced - record["as_of"]))
     finally:
         consumer.close()
 
