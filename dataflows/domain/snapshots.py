@@ -106,7 +106,7 @@ class SnapshotPublisher:
         recomputed from these: an untouched position cannot have changed since it was
         published, and a position whose value did not change cannot move a channel."""
         self.channels = channels if channels is not None else {}
-        """(channel, location_id or None) -> ((ats, as_of, contributions), version)."""
+        """(channel, location_id or None) -> ((ats, as_of), version)."""
         self._members: dict[str, list[str]] = {}
         """Pooled channel -> its eligible published locations, sorted."""
         self._contributions: dict[str, LocationContribution] = {}
@@ -138,6 +138,8 @@ class SnapshotPublisher:
         position_snapshots: list[PositionSnapshot] = []
         changed: list[str] = []
         channel_names: set[str] = set()
+        moved: set[str] = set()
+        """Changed locations whose channel contribution (ats, in_transit) moved too."""
         for location_id in affected:
             if location_id not in positions:
                 continue
@@ -148,8 +150,12 @@ class SnapshotPublisher:
             if previous is None:
                 version = 1
                 self._members.clear()
+                moved.add(location_id)
             else:
                 version = previous[1] + 1
+                old = previous[0]
+                if old.ats != quantities.ats or old.in_transit != quantities.in_transit:
+                    moved.add(location_id)
             published[location_id] = (quantities, version)
             self._contributions.pop(location_id, None)
             changed.append(location_id)
@@ -168,11 +174,12 @@ class SnapshotPublisher:
             if rule.per_location:
                 for location_id in changed:
                     if name in rules.channel_names_for(location_id):
-                        self._emit(rule, sku, [location_id], location_id, computed_at,
-                                   channel_snapshots)
+                        self._emit(rule, sku, [location_id], location_id, location_id in moved,
+                                   computed_at, channel_snapshots)
             else:
-                self._emit(rule, sku, self._members_of(name, rules), None, computed_at,
-                           channel_snapshots)
+                members_moved = any(name in rules.channel_names_for(loc) for loc in moved)
+                self._emit(rule, sku, self._members_of(name, rules), None, members_moved,
+                           computed_at, channel_snapshots)
         return position_snapshots, channel_snapshots
 
     def _members_of(self, channel: str, rules: Rules) -> list[str]:
@@ -192,8 +199,13 @@ class SnapshotPublisher:
         return found
 
     def _emit(self, rule: ChannelRule, sku: str, members: list[str], location_id: str | None,
-              computed_at: int, out: list[ChannelSnapshot]) -> None:
-        """Recompute one channel number from published positions; append it if it changed."""
+              members_moved: bool, computed_at: int, out: list[ChannelSnapshot]) -> None:
+        """Recompute one channel number from published positions; append it if it changed.
+
+        The stored value is only ``(ats, as_of)``: the contributions are a function of
+        the published positions, and whether one of them moved is ``members_moved``, so
+        the state snapshotted every epoch does not carry a tuple per member location.
+        """
         published = self.positions
         pooled = 0
         as_of = 0
@@ -205,13 +217,13 @@ class SnapshotPublisher:
                 pooled += quantities.in_transit
             if quantities.as_of > as_of:
                 as_of = quantities.as_of
-        contributions = tuple(self._contribution(member) for member in members)
-        value = (channel_ats(rule, pooled), as_of, contributions)
+        value = (channel_ats(rule, pooled), as_of)
         key = (rule.name, location_id)
         previous = self.channels.get(key)
-        if previous is not None and previous[0] == value:
+        if previous is not None and previous[0] == value and not members_moved:
             return
         version = 1 if previous is None else previous[1] + 1
         self.channels[key] = (value, version)
+        contributions = tuple(self._contribution(member) for member in members)
         out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,
                                    computed_at, contributions))
