@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import signal
 import socket
 import subprocess
@@ -43,11 +44,25 @@ def _request_stop(signum: int, frame: object) -> None:
     STOP_REQUESTED.set()
 
 
+def tune_garbage_collector() -> None:
+    """Collect young objects less often.
+
+    The fold keeps millions of small long-lived containers (positions, reservations,
+    dedupe ids); with CPython's default thresholds the cyclic collector re-scans them
+    so often that it took a third of the engine's CPU in a 100k-SKU drain. The state
+    holds no reference cycles, so rarer collections cost memory only briefly.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 100)
+
+
 def run_member(settings: EngineSettings, process_id: int | None = None,
                addresses: Sequence[str] | None = None) -> None:
     """Run this process's part of the flow until SIGINT or SIGTERM asks it to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _request_stop)
+    tune_garbage_collector()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + (process_id or 0))
     recovery = (RecoveryConfig(str(settings.recovery_dir))
