@@ -25,10 +25,19 @@ def _encode_long(value: int) -> bytes:
 _CACHE = [_encode_long(v) for v in range(-1024, 4096)]
 
 
+_RECENT: dict[int, bytes] = {}
+"""Recently written large values: timestamps repeat across the snapshots of a batch."""
+
+
 def long_bytes(value: int) -> bytes:
     if -1024 <= value < 4096:
         return _CACHE[value + 1024]
-    return _encode_long(value)
+    found = _RECENT.get(value)
+    if found is None:
+        if len(_RECENT) > 8192:
+            _RECENT.clear()
+        found = _RECENT[value] = _encode_long(value)
+    return found
 
 
 def string_bytes(value: str) -> bytes:
