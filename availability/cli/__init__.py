@@ -29,6 +29,7 @@ def add_brokers_argument(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from availability.cli import (
         api,
+        bench,
         bootstrap,
         demo,
         engine,
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (kafka, topics, produce, engine, api, query, demo, bootstrap, reconcile):
+    for module in (kafka, topics, produce, engine, api, query, demo, bootstrap, reconcile,
+                   bench):
         module.register(sub)
     return parser
 

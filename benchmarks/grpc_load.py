@@ -1,0 +1,453 @@
+"""Scenario grpc: read latency and batch throughput of an `availability api` replica.
+
+    python -m benchmarks grpc [--rates 500,1000,2000] [--concurrency 1,16,64] [--smoke]
+
+Data: the retail chain's channel snapshots as the engine would publish them: every
+one of the 100k SKUs counted at the 3 DCs and at a popularity-dependent number of
+stores (the best sellers in all 200, the tail in one), 200k workload events on top,
+folded in process with the pure domain and published once per key to a fresh
+channels topic (web pools up to 70 locations, so popular answers are ~1 KB).
+
+Servers, one at a time, each a process of its own, both grpc.aio:
+
+* the replica: ``availability api`` tailing that topic into RocksDB (SERVING once
+  caught up);
+* the floor: benchmarks.grpc_baseline, the same answers from a Python dict.
+
+Measured from this process (client and server share the 2 cores):
+
+* single GetAvailability on channel web, SKUs drawn by Zipf popularity, open loop at
+  fixed rates: each request is sent at its scheduled time without waiting for the
+  previous answers (as independent web requests arrive); latency from the *scheduled*
+  time, so any stall counts for every request it delays (no coordinated omission),
+  p50/p99/p99.9/max from an HDR histogram; also the round trip from the actual send;
+* BatchGetAvailability of 100 SKUs (a listing page, uniform over the catalogue),
+  closed loop with 1, 16 and 64 calls in flight: SKU lookups/s, and per second of
+  server CPU (what the server could do with a core of its own).
+
+The pacing loop without any call is measured too: the client machine's own jitter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import itertools
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from bisect import bisect
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from hdrh.histogram import HdrHistogram
+
+from availability.codec import CHANNEL_SCHEMA, Codec
+from availability_api.client import ApiError, AvailabilityClient
+from availability_api.generated.availability.v1 import availability_pb2 as pb
+from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from benchmarks.kafka_util import Delivery, TopicJanitor, load_producer
+from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
+from benchmarks.rules import RULES_200_STORES
+from benchmarks.workload import retail_workload
+from dataflows.domain.events import EventType, InventoryEvent
+from dataflows.domain.inventory import SkuInventory
+from dataflows.domain.rules import load_rules
+from dataflows.domain.snapshots import SnapshotPublisher
+
+CHANNEL = "web"
+REPLICA = "replica"
+FLOOR = "floor"
+LABELS = {REPLICA: "availability api replica (RocksDB)",
+          FLOOR: "bare grpc.aio server, dict of frames (floor)"}
+
+
+@dataclass
+class GrpcOptions:
+    rates: tuple[float, ...] = (500.0, 1_000.0, 2_000.0)
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    seconds: float = 10.0
+    batch: int = 100
+    skus: int = 100_000
+    stores: int = 200
+    events: int = 200_000
+    seed: int = 44
+    rules: Path = RULES_200_STORES
+
+
+SMOKE = GrpcOptions(rates=(200.0,), concurrency=(1, 4), seconds=0.5, skus=1_000, events=2_000)
+
+
+def publish_snapshots(brokers: str, topic: str, options: GrpcOptions) -> dict[str, Any]:
+    """Fold opening stock + workload in process; publish the latest channel snapshots."""
+    started = time.perf_counter()
+    rules = load_rules(options.rules)
+    now = time.time_ns() // 1_000_000
+    workload = retail_workload(skus=options.skus, stores=options.stores, seed=options.seed,
+                               start_ms=now - 3_600_000, expiring=False)
+    dcs = workload.locations[:3]
+    stores = workload.locations[3:]
+    rng = random.Random(options.seed)
+    inventories: dict[str, SkuInventory] = {}
+    for rank, sku in enumerate(workload.sku_ids):
+        inventory = inventories[sku] = SkuInventory(sku)
+        stocked = max(1, int(len(stores) / (1 + rank / 20)))
+        for index, location in enumerate(dcs + stores[:stocked]):
+            inventory.apply_event(InventoryEvent(
+                f"open-{sku}-{index}", EventType.COUNT, now - 7_200_000, "erp", sku, location,
+                rng.randint(0, 80)), now)
+    for event in workload.events(options.events):
+        inventories[event.sku].apply_event(event, now)
+    codec = Codec()
+    producer = load_producer(brokers)
+    delivery = Delivery()
+    sent = 0
+    for inventory in inventories.values():
+        _, channels = SnapshotPublisher().publish(inventory, list(inventory.positions), rules,
+                                                  now, now)
+        for snap in channels:
+            producer.produce(topic, codec.encode(CHANNEL_SCHEMA, snap.to_record(), topic),
+                             snap.key, on_delivery=delivery)
+            sent += 1
+            if sent % 1000 == 0:
+                producer.poll(0)
+    delivery.check(producer, sent)
+    positions = sum(len(inventory.positions) for inventory in inventories.values())
+    return {"channel_snapshots": sent, "positions": positions,
+            "load_s": time.perf_counter() - started}
+
+
+def start_server(argv: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a server that logs 'listening on HOST:PORT'; its target."""
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.search(r"listening on [^ ]+:(\d+)", line):
+            # keep draining the log so the server never blocks on a full pipe
+            threading.Thread(target=deque, args=(process.stderr, 0), daemon=True).start()
+            return process, f"127.0.0.1:{match.group(1)}"
+    raise RuntimeError(f"server exited with {process.wait()} before listening")
+
+
+def stop_server(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_serving(target: str, timeout: float = 600) -> float:
+    client = AvailabilityClient(target)
+    started = time.perf_counter()
+    try:
+        while True:
+            try:
+                if client.health(timeout=1) == "SERVING":
+                    return time.perf_counter() - started
+            except ApiError:
+                pass  # not listening yet
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError("replica not SERVING in time")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def pace(n: int, start: float, interval: float) -> float:
+    """Sleep until request ``n``'s scheduled time; return that time.
+
+    Sleep, not spin: the completions are recorded by gRPC's callback thread, which a
+    spinning loop would keep off the GIL for a switch interval (5 ms).
+    """
+    scheduled = start + n * interval
+    ahead = scheduled - time.perf_counter()
+    if ahead > 0:
+        time.sleep(ahead)
+    return scheduled
+
+
+def histogram_ms(values_us: list[int]) -> dict[str, float]:
+    """p50/p99/p99.9/max in ms from microsecond samples (HDR, 3 significant digits)."""
+    histogram = HdrHistogram(1, 60_000_000, 3)
+    for value in values_us:
+        histogram.record_value(max(1, value))
+    return {"p50_ms": histogram.get_value_at_percentile(50) / 1000,
+            "p99_ms": histogram.get_value_at_percentile(99) / 1000,
+            "p999_ms": histogram.get_value_at_percentile(99.9) / 1000,
+            "max_ms": histogram.get_max_value() / 1000,
+            "count": histogram.get_total_count()}
+
+
+def paced_baseline(rate: float, seconds: float) -> dict[str, float]:
+    """The pacing loop with no call: this machine's own scheduling jitter."""
+    interval, start = 1.0 / rate, time.perf_counter() + 0.01
+    lateness = []
+    for n in range(int(rate * seconds)):
+        scheduled = pace(n, start, interval)
+        sum(range(1000))  # about the client's own work per request
+        lateness.append(int((time.perf_counter() - scheduled) * 1e6))
+    return histogram_ms(lateness)
+
+
+def zipf_skus(skus: list[str], count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(skus))))
+    total = cumulative[-1]
+    return [skus[bisect(cumulative, rng.random() * total)] for _ in range(count)]
+
+
+def paced_gets(stub: pb_grpc.AvailabilityServiceStub, skus: list[str], rate: float,
+               seconds: float) -> dict[str, Any]:
+    """Open-loop single Gets at ``rate``/s: latency from schedule and bare round trip.
+
+    Each request is sent at its scheduled time without waiting for earlier answers
+    (futures; completion stamped by a callback), as independent web requests would be,
+    so the figures are the server's and not a single client's queue.
+    """
+    requests = [pb.GetAvailabilityRequest(channel=CHANNEL, sku=sku)
+                for sku in zipf_skus(skus, max(1, int(rate * seconds)), int(rate))]
+    interval, start = 1.0 / rate, time.perf_counter() + 0.01
+    sent = [0.0] * len(requests)
+    done = [0.0] * len(requests)
+
+    def finished(index: int, future: grpc.Future) -> None:
+        done[index] = time.perf_counter()
+
+    futures = []
+    for n, request in enumerate(requests):
+        pace(n, start, interval)
+        sent[n] = time.perf_counter()
+        future = stub.GetAvailability.future(request, timeout=10.0)
+        future.add_done_callback(functools.partial(finished, n))
+        futures.append(future)
+    found = sum(future.result().availability.found for future in futures)
+    elapsed = max(done) - start
+    from_schedule = [int((end - (start + n * interval)) * 1e6) for n, end in enumerate(done)]
+    round_trip = [int((end - begin) * 1e6) for begin, end in zip(sent, done, strict=True)]
+    return {"rate": rate, "achieved_rate": len(requests) / elapsed, "found": found,
+            "from_schedule": histogram_ms(from_schedule),
+            "round_trip": histogram_ms(round_trip)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_throughput(stub: pb_grpc.AvailabilityServiceStub, server_pid: int, skus: list[str],
+                     batch: int, in_flight: int, seconds: float) -> dict[str, Any]:
+    """Closed loop with ``in_flight`` calls outstanding (requests built beforehand)."""
+    rng = random.Random(2)
+    requests = [pb.BatchGetAvailabilityRequest(channel=CHANNEL,
+                                               skus=[rng.choice(skus) for _ in range(batch)])
+                for _ in range(256)]
+    pending: deque[tuple[float, grpc.Future]] = deque()
+    calls = 0
+    latencies: list[int] = []
+    cpu_before = cpu_seconds(server_pid)
+    started = time.perf_counter()
+    end = started + seconds
+    issued = 0
+    while time.perf_counter() < end or pending:
+        while len(pending) < in_flight and time.perf_counter() < end:
+            pending.append((time.perf_counter(), stub.BatchGetAvailability.future(
+                requests[issued % 256], timeout=10.0)))
+            issued += 1
+        sent, future = pending.popleft()
+        response = future.result()
+        latencies.append(int((time.perf_counter() - sent) * 1e6))
+        if len(response.results) != batch:
+            raise RuntimeError(f"BatchGet answered {len(response.results)} of {batch}")
+        calls += 1
+    elapsed = time.perf_counter() - started
+    server_cpu = cpu_seconds(server_pid) - cpu_before
+    return {"in_flight": in_flight, "calls": calls, "lookups_per_s": calls * batch / elapsed,
+            "lookups_per_server_cpu_s": calls * batch / server_cpu if server_cpu else None,
+            "server_cpu_share": server_cpu / elapsed, "latency": histogram_ms(latencies)}
+
+
+@contextlib.contextmanager
+def no_client_gc() -> Iterator[None]:
+    """No garbage collection in the load generator while it measures.
+
+    The driver holds large lists (SKUs, prepared requests); a full collection of them
+    takes tens of milliseconds and would show up as the server's tail latency.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def measure(server: str, process: subprocess.Popen[str], target: str, skus: list[str],
+            options: GrpcOptions, log: Any) -> dict[str, Any]:
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.AvailabilityServiceStub(channel)
+    try:
+        paced_gets(stub, skus, 500, min(1.0, options.seconds))  # warm-up
+        gets = []
+        for rate in options.rates:
+            with no_client_gc():
+                gets.append(paced_gets(stub, skus, rate, options.seconds))
+            log(f"  {server}: Get @ {rate:,.0f}/s p99 "
+                f"{gets[-1]['from_schedule']['p99_ms']:.3f} ms")
+        batches = []
+        for in_flight in options.concurrency:
+            with no_client_gc():
+                batches.append(batch_throughput(stub, process.pid, skus, options.batch,
+                                                in_flight, options.seconds))
+            log(f"  {server}: BatchGet({options.batch}) x{in_flight} in flight: "
+                f"{batches[-1]['lookups_per_s']:,.0f} lookups/s")
+    finally:
+        channel.close()
+    return {"server": server, "gets": gets, "batches": batches}
+
+
+def run(brokers: str, options: GrpcOptions, out_dir: Path, smoke: bool = False,
+        log: Any = print) -> ScenarioResult:
+    result = ScenarioResult("grpc", smoke, {
+        "rates": list(options.rates), "concurrency": list(options.concurrency),
+        "seconds": options.seconds, "batch": options.batch, "skus": options.skus,
+        "channel": CHANNEL})
+    janitor = TopicJanitor(brokers)
+    runs: list[dict[str, Any]] = []
+    skus = retail_workload(skus=options.skus).sku_ids
+    try:
+        topics = janitor.run_topics("grpc", janitor.events_topic("grpc.events"))
+        log(f"grpc: folding and publishing the snapshots of {options.skus:,} SKUs ...")
+        loaded = publish_snapshots(brokers, topics.channels, options)
+        result.data["load"] = loaded
+        log(f"grpc: {loaded['channel_snapshots']:,} channel snapshots in "
+            f"{loaded['load_s']:.1f}s")
+        with tempfile.TemporaryDirectory(prefix="bench-grpc-") as data_dir:
+            process, target = start_server([
+                sys.executable, "-m", "availability", "api", "--data-dir", data_dir,
+                "--host", "127.0.0.1", "--port", "0", "--brokers", brokers,
+                "--positions-topic", topics.positions, "--channels-topic", topics.channels,
+                "--events-topic", topics.events, "--dlq-topic", topics.dlq,
+                "--metrics-port", "0", "--drain-seconds", "0"])
+            try:
+                loaded["replica_catch_up_s"] = wait_serving(target)
+                log(f"grpc: replica SERVING after {loaded['replica_catch_up_s']:.1f}s")
+                runs.append(measure(REPLICA, process, target, skus, options, log))
+            finally:
+                stop_server(process)
+        process, target = start_server([sys.executable, "-m", "benchmarks.grpc_baseline",
+                                        "--brokers", brokers, "--channels-topic",
+                                        topics.channels])
+        try:
+            runs.append(measure(FLOOR, process, target, skus, options, log))
+        finally:
+            stop_server(process)
+        jitter = []
+        for rate in options.rates:
+            with no_client_gc():
+                jitter.append(paced_baseline(rate, options.seconds))
+    finally:
+        janitor.delete_all()
+    result.data["runs"] = runs
+    result.data["pacing_jitter"] = jitter
+    _tables(result, runs, jitter, options, smoke)
+    _charts(result, runs, options, out_dir)
+    return result
+
+
+def _tables(result: ScenarioResult, runs: list[dict[str, Any]], jitter: list[dict[str, Any]],
+            options: GrpcOptions, smoke: bool) -> None:
+    floor = next(r for r in runs if r["server"] == FLOOR)
+    rows = []
+    for r in runs:
+        for get, floor_get in zip(r["gets"], floor["gets"], strict=True):
+            s, rt = get["from_schedule"], get["round_trip"]
+            rows.append([LABELS[r["server"]], f"{get['rate']:,.0f}", get["achieved_rate"],
+                         s["count"], s["p50_ms"], s["p99_ms"], s["p999_ms"], s["max_ms"],
+                         rt["p50_ms"], rt["p99_ms"],
+                         ratio(s["p99_ms"], floor_get["from_schedule"]["p99_ms"])])
+    for rate, j in zip(options.rates, jitter, strict=True):
+        rows.append(["pacing loop alone, no call (client jitter)", f"{rate:,.0f}", None,
+                     j["count"], j["p50_ms"], j["p99_ms"], j["p999_ms"], j["max_ms"], None,
+                     None, None])
+    result.tables.append(Table(
+        "GetAvailability (channel web, Zipf SKUs), open loop at fixed rates (ms)",
+        ["server", "requests/s", "achieved/s", "calls", "p50", "p99", "p99.9", "max",
+         "round trip p50", "round trip p99", "p99 / floor p99"], rows,
+        ["p50..max measured from each request's scheduled send time (queueing included)"]))
+    rows = []
+    for r in runs:
+        for batch, floor_batch in zip(r["batches"], floor["batches"], strict=True):
+            rows.append([LABELS[r["server"]], batch["in_flight"], batch["calls"],
+                         batch["lookups_per_s"],
+                         ratio(batch["lookups_per_s"], floor_batch["lookups_per_s"]),
+                         batch["latency"]["p50_ms"], batch["latency"]["p99_ms"],
+                         batch["lookups_per_server_cpu_s"], batch["server_cpu_share"]])
+    result.tables.append(Table(
+        f"BatchGetAvailability({options.batch} SKUs, uniform), closed loop",
+        ["server", "in flight", "calls", "SKU lookups/s", "vs floor", "call p50 ms",
+         "call p99 ms", "lookups per server CPU-s", "server CPU share"], rows,
+        ["client and server share the 2 cores; 'lookups per server CPU-s' is what the "
+         "server would do with a core to itself"]))
+    replica = next(r for r in runs if r["server"] == REPLICA)
+    if smoke:
+        return
+    at_1k = next((g for g in replica["gets"] if g["rate"] == 1000), None)
+    if at_1k is not None:
+        p99 = at_1k["from_schedule"]["p99_ms"]
+        result.targets.append(Target("gRPC: single-SKU p99 <= 2 ms at 1k requests/s",
+                                     f"p99 {p99:.2f} ms", p99 <= 2))
+    best = max(replica["batches"], key=lambda b: b["lookups_per_s"])
+    result.targets.append(Target(
+        "gRPC: >= 100k SKU lookups/s through BatchGetAvailability",
+        f"{best['lookups_per_s']:,.0f}/s at {best['in_flight']} in flight "
+        f"({best['lookups_per_server_cpu_s'] or 0:,.0f} per server CPU-s)",
+        best["lookups_per_s"] >= 100_000))
+
+
+def _charts(result: ScenarioResult, runs: list[dict[str, Any]], options: GrpcOptions,
+            out_dir: Path) -> None:
+    figure, axes = new_figure()
+    for r in runs:
+        rates = [g["rate"] for g in r["gets"]]
+        for key, style in (("p50_ms", "o--"), ("p99_ms", "s-"), ("max_ms", "^:")):
+            axes.plot(rates, [g["from_schedule"][key] for g in r["gets"]], style,
+                      label=f"{r['server']} {key.split('_')[0]}")
+    axes.axhline(2, color="red", linestyle=":", linewidth=1)
+    axes.set_yscale("log")
+    axes.set_xlabel("GetAvailability requests/s")
+    axes.set_ylabel("latency from schedule, ms (log)")
+    axes.set_title("Single-SKU Get latency (red: 2 ms p99 target)")
+    axes.legend(fontsize=7)
+    save_figure(figure, out_dir, "grpc-get-latency.png", result)
+
+    figure, axes = new_figure()
+    width = 0.8 / max(1, len(runs))
+    for offset, r in enumerate(runs):
+        positions = [i + offset * width for i in range(len(r["batches"]))]
+        bars = axes.bar(positions, [b["lookups_per_s"] for b in r["batches"]], width,
+                        label=LABELS[r["server"]])
+        axes.bar_label(bars, labels=[f"{b['lookups_per_s']:,.0f}" for b in r["batches"]],
+                       fontsize=7)
+    axes.set_xticks([i + width / 2 for i in range(len(options.concurrency))],
+                    [f"{n} in flight" for n in options.concurrency])
+    axes.axhline(100_000, color="red", linestyle=":", linewidth=1)
+    axes.set_ylabel(f"SKU lookups/s (BatchGet of {options.batch})")
+    axes.set_title("BatchGetAvailability throughput (red: 100k/s target)")
+    axes.legend(fontsize=7)
+    save_figure(figure, out_dir, "grpc-batch-throughput.png", result)

@@ -1,0 +1,109 @@
+"""The systems under test, each started as its own process on fresh output topics.
+
+Why subprocesses for all of them: the same start-up accounting (Python start, imports,
+Kafka connection) and no GIL shared with the benchmark driver, which only polls end
+offsets while a system runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from availability.topics import TopicNames
+
+ENGINE_1 = "engine-1p"
+ENGINE_2 = "engine-2p"
+LOOP = "loop"
+QUIX = "quix"
+ALL_SYSTEMS = (ENGINE_1, ENGINE_2, LOOP, QUIX)
+
+LABELS = {
+    ENGINE_1: "availability engine, 1 process",
+    ENGINE_2: "availability engine, 2 processes",
+    LOOP: "hand-written confluent-kafka loop (baseline)",
+    QUIX: "Quix Streams 3.28 app (peer)",
+}
+
+
+@dataclass
+class Running:
+    """A started system: its process group, log file and launch time (wall clock)."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    launched: float
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM the group (clean stop: flush, commit), SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the crash case."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def argv_for(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path,
+             epoch_interval: float | None = None, group: str | None = None) -> list[str]:
+    common = ["--brokers", brokers, "--rules", str(rules), "--events-topic", topics.events,
+              "--dlq-topic", topics.dlq, "--positions-topic", topics.positions,
+              "--channels-topic", topics.channels]
+    if name in (ENGINE_1, ENGINE_2):
+        processes = "1" if name == ENGINE_1 else "2"
+        argv = [sys.executable, "-m", "availability", "engine", *common,
+                "--recovery-dir", str(work / "recovery"), "--processes", processes]
+        if epoch_interval is not None:
+            argv += ["--epoch-interval", str(epoch_interval)]
+        return argv
+    groups = ["--group", group] if group else []
+    if name == LOOP:
+        return [sys.executable, "-m", "benchmarks.handloop", *common, *groups]
+    if name == QUIX:
+        return [sys.executable, "-m", "benchmarks.quix_app", *common, *groups]
+    raise ValueError(f"unknown system {name!r}; known: {', '.join(ALL_SYSTEMS)}")
+
+
+def start(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path | None = None,
+          epoch_interval: float | None = None, group: str | None = None) -> Running:
+    """Launch ``name`` reading ``topics.events`` from the beginning, writing the others.
+
+    ``work`` holds the engine's recovery directory and the log; reuse it to restart
+    an engine from its recovery state. ``group``: the consumer group of the loop and
+    Quix (the engine keeps its offsets in its recovery state).
+    """
+    work = work or Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / f"{name}.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    log = log_path.open("ab")
+    launched = time.time()
+    process = subprocess.Popen(argv_for(name, brokers, topics, rules, work, epoch_interval,
+                                        group),
+                               stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    log.close()
+    return Running(name, process, log_path, launched)
