@@ -11,11 +11,37 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 T = TypeVar("T")
 _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
               KafkaError._PARTITION_EOF}
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0
+               ) -> tuple[int, int]:
+    """(low, high) offsets of a partition, riding out a just-created topic's leader
+    election (NOT_LEADER_FOR_PARTITION / LEADER_NOT_AVAILABLE are retriable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=max(0.1, deadline -
+                                                                   time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            retriable = error.retriable() or error.code() in _TRANSIENT
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def scan_topic(brokers: str, topic: str, timeout: float = 60.0) -> Iterator[Message]:
@@ -32,8 +58,7 @@ def scan_topic(brokers: str, topic: str, timeout: float = 60.0) -> Iterator[Mess
             raise RuntimeError(f"topic {topic!r}: {metadata.error}")
         ends: dict[int, int] = {}
         for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=timeout)
+            low, high = watermarks(consumer, topic, partition, timeout)
             if high > low:
                 ends[partition] = high
         if not ends:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from availability.topic_reader import watermarks
 from availability.topics import TopicNames
 from benchmarks.avro_events import encode_event
 from dataflows.domain.events import InventoryEvent
@@ -145,9 +146,7 @@ def end_offsets(consumer: Consumer, topics: Iterable[str]) -> dict[str, int]:
         for attempt in range(50):
             try:
                 partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-                totals[topic] = sum(
-                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in partitions)
+                totals[topic] = sum(watermarks(consumer, topic, p, 10)[1] for p in partitions)
                 break
             except KafkaException:
                 if attempt == 49:
@@ -196,7 +195,7 @@ def read_records(brokers: str, topic: str, timeout: float = 600
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         ends = {}
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
+            low, high = watermarks(consumer, topic, partition, 30)
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])

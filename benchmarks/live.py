@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
 from availability.codec import POSITION_SCHEMA, Codec
+from availability.topic_reader import watermarks
 from benchmarks.avro_events import encode_event
 from benchmarks.kafka_util import Delivery, read_records
 from dataflows.domain.events import EventType, InventoryEvent
@@ -149,8 +150,9 @@ class LiveProducer:
             partitions = sorted(
                 consumer.list_topics(positions_topic, timeout=30).topics[positions_topic]
                 .partitions)
-            consumer.assign([TopicPartition(positions_topic, p, consumer.get_watermark_offsets(
-                TopicPartition(positions_topic, p), timeout=30)[1]) for p in partitions])
+            consumer.assign([TopicPartition(positions_topic, p,
+                                            watermarks(consumer, positions_topic, p)[1])
+                             for p in partitions])
             stamp = wall_ms()
             events = sorted(self.producer.list_topics(self.topic, timeout=30)
                             .topics[self.topic].partitions)
