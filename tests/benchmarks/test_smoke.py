@@ -76,6 +76,16 @@ def test_flash_sale_hits_only_the_hot_skus() -> None:
     assert skus <= {f"SKU-{i:06d}" for i in range(20)}
 
 
+def test_availability_bench_delegates_to_the_benchmarks() -> None:
+    from availability.cli import bench, build_parser
+
+    args = build_parser().parse_args(["bench", "drain", "--smoke", "--systems", "loop,quix",
+                                      "--events", "100"])
+    assert args.run is bench._run
+    assert (args.scenario, args.smoke, args.systems, args.events) == (
+        "drain", True, ("loop", "quix"), 100)
+
+
 @pytest.mark.kafka
 def test_drain_smoke(brokers: str, tmp_path: Path) -> None:
     assert main(["drain", "--smoke", "--brokers", brokers, "--out", str(tmp_path)]) == 0
