@@ -206,6 +206,8 @@ def run_system(system: str, brokers: str, janitor: TopicJanitor, events_topic: s
     finally:
         outcome.exit_code = running.stop()
         consumer.close()
+        if outcome.drained:
+            running.cleanup()  # keep a failed run's log and recovery state to look at
     outcome.cpu_s = _children_cpu() - cpu_before
     rate = f"{outcome.rate:,.0f} events/s" if outcome.rate else "no rate"
     log(f"  {system}: {'drained' if outcome.drained else 'NOT drained'} in "

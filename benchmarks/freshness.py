@@ -136,6 +136,7 @@ def run_system(system: str, brokers: str, janitor: TopicJanitor, options: Freshn
         consumer.close()
     if not alive:
         raise RuntimeError(f"{system} died during the run: {running.log_tail(10)}")
+    running.cleanup()
     snapshots = read_snapshots(brokers, topics.positions)
     level_stats = []
     for phase in levels:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ def cold_replay(system: str, brokers: str, janitor: TopicJanitor, events_topic: 
             raise RuntimeError(f"{system} did not replay the topic: {running.log_tail(10)}")
     finally:
         running.stop()
+    running.cleanup()
     seconds = done_ms / 1000 - running.launched
     log(f"  cold replay by {system}: {seconds:.1f}s")
     return {"system": system, "seconds": seconds}
@@ -199,6 +201,7 @@ def run(brokers: str, options: RecoveryOptions, out_dir: Path, smoke: bool = Fal
                                              options, log))
     finally:
         janitor.delete_all()
+        shutil.rmtree(work, ignore_errors=True)
     shift = before.started_ms
     result.data.update({
         "preload_s": preload_s, "initial_load_s": load_s,

@@ -8,6 +8,7 @@ offsets while a system runs.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ class Running:
     process: subprocess.Popen[bytes]
     log_path: Path
     launched: float
+    work: Path
+    owns_work: bool
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -59,6 +62,11 @@ class Running:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def cleanup(self) -> None:
+        """Remove the work directory (recovery state: hundreds of MB) if start() made it."""
+        if self.owns_work and self.process.poll() is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -95,6 +103,7 @@ def start(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path |
     an engine from its recovery state. ``group``: the consumer group of the loop and
     Quix (the engine keeps its offsets in its recovery state).
     """
+    owns_work = work is None
     work = work or Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}.log"
@@ -106,4 +115,4 @@ def start(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path |
                                stdout=log, stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)
     log.close()
-    return Running(name, process, log_path, launched)
+    return Running(name, process, log_path, launched, work, owns_work)
