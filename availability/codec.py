@@ -13,10 +13,13 @@ conversion on the hot path (about 1.2 us per event).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from functools import cache
@@ -26,7 +29,7 @@ from typing import Any
 import fastavro
 
 from availability import avro_writer
-from dataflows.domain.events import InvalidEvent, InventoryEvent, parse_event
+from dataflows.domain.events import InvalidEvent, InventoryEvent, parse_event, shorten
 
 EVENT_SCHEMA = "InventoryEvent"
 POSITION_SCHEMA = "PositionAvailability"
@@ -35,6 +38,15 @@ DEAD_LETTER_SCHEMA = "DeadLetter"
 
 _MAGIC = 0
 _HEADER = struct.Struct(">bI")
+
+MAX_RECORD_BYTES = 65_536
+"""Largest inventory event accepted, in bytes on the wire. A real event is a few hundred
+bytes; anything this large is a fault upstream, refused before it costs any decoding."""
+DEAD_LETTER_VALUE_LIMIT = 262_144
+"""Original bytes kept whole in a dead letter up to this size; beyond it only a prefix
+is kept, with the full length and SHA-256, so the dead letter stays well under the
+producer's message size limit."""
+DEAD_LETTER_KEY_LIMIT = 1_024
 
 
 _FAST_WRITERS = {
@@ -45,6 +57,49 @@ _FAST_WRITERS = {
 
 class RegistryError(RuntimeError):
     """The schema registry could not be reached or refused a request."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """HTTP status of the answer; None when there was no answer at all."""
+
+    @property
+    def retryable(self) -> bool:
+        """Anything but "not found" or "schema refused" may succeed later: no answer, a
+        server error, throttling, or credentials being fixed (401/403)."""
+        return self.status not in (404, 409, 422)
+
+
+class RegistryRetries:
+    """Backoff for an unreachable registry: a record is never dead-lettered, nor lost,
+    because the registry is down; the step waits and tries again."""
+
+    def __init__(self, first_s: float = 0.2, max_s: float = 10.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.on_retry: list[Any] = []
+        """Callables given (error, attempt) before each wait: metrics and logs hook in."""
+        self.on_success: list[Any] = []
+        """Callables run when a request succeeds after retries."""
+
+    def call(self, action: Any) -> Any:
+        delay = self.first_s
+        attempt = 0
+        while True:
+            try:
+                result = action()
+                if attempt:
+                    for hook in self.on_success:
+                        hook()
+                return result
+            except RegistryError as exc:
+                if not exc.retryable:
+                    raise
+                attempt += 1
+                for hook in self.on_retry:
+                    hook(exc, attempt)
+                time.sleep(delay)
+                delay = min(self.max_s, delay * 2)
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -66,11 +121,22 @@ def _parsed(name: str) -> Any:
     return fastavro.parse_schema(_strip_logical_types(json.loads(schema_text(name))))
 
 
+def mask_url(url: str) -> str:
+    """``https://user:secret@host`` -> ``https://user:***@host``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 class SchemaRegistry:
     """Minimal Confluent Schema Registry REST client (register by subject, fetch by id)."""
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = mask_url(self.url)
+        """The URL for messages and logs: a password in it is never shown."""
         self.timeout = timeout
         self._ids: dict[tuple[str, str], int] = {}
         self._schemas: dict[int, Any] = {}
@@ -88,9 +154,10 @@ class SchemaRegistry:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
-            raise RegistryError(f"{method} {self.url}{path}: HTTP {exc.code}: {detail}") from exc
+            raise RegistryError(f"{method} {self.shown_url}{path}: HTTP {exc.code}: {detail}",
+                                exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"{method} {self.url}{path}: {exc}") from exc
+            raise RegistryError(f"{method} {self.shown_url}{path}: {exc}") from None
 
     def register(self, subject: str, schema: str) -> int:
         key = (subject, schema)
@@ -110,16 +177,20 @@ class SchemaRegistry:
 class Codec:
     """Encodes and decodes the project's Avro contracts, plain or registry-framed."""
 
-    def __init__(self, registry_url: str | None = None) -> None:
+    def __init__(self, registry_url: str | None = None,
+                 retries: RegistryRetries | None = None) -> None:
         self.registry = SchemaRegistry(registry_url) if registry_url else None
+        self.retries = retries or RegistryRetries()
 
     def encode(self, schema: str, record: Mapping[str, Any] | tuple[Any, ...], topic: str
                ) -> bytes:
         """``record`` is a field mapping; for the snapshot schemas it may also be the
         snapshot tuple itself (fields in schema order), which skips building a dict."""
         header = b""
-        if self.registry is not None:
-            schema_id = self.registry.register(f"{topic}-value", schema_text(schema))
+        registry = self.registry
+        if registry is not None:
+            subject = f"{topic}-value"
+            schema_id = self.retries.call(lambda: registry.register(subject, schema_text(schema)))
             header = _HEADER.pack(_MAGIC, schema_id)
         fast = _FAST_WRITERS.get(schema)
         if fast is not None:
@@ -132,23 +203,42 @@ class Codec:
         return buffer.getvalue()
 
     def decode(self, schema: str, data: bytes) -> dict[str, Any]:
-        """Decode a payload; raises ValueError with a readable reason when it cannot."""
+        """Decode one whole payload; raises :class:`InvalidEvent` (a ValueError) with a
+        readable reason and code when it cannot, including when bytes follow the record.
+
+        An unreachable registry is waited out (:class:`RegistryRetries`), never reported
+        as a bad payload; an id the registry does not know is one.
+        """
         reader = _parsed(schema)
-        try:
-            if self.registry is None:
-                return fastavro.schemaless_reader(io.BytesIO(data), reader)
+        registry = self.registry
+        if registry is None:
+            writer, start = None, 0
+        else:
             if len(data) < _HEADER.size or data[0] != _MAGIC:
-                raise ValueError("payload lacks the schema-registry header (magic byte 0)")
+                raise InvalidEvent("payload lacks the schema-registry header (magic byte 0)",
+                                   "undecodable")
             _, schema_id = _HEADER.unpack_from(data)
-            writer = self.registry.writer_schema(schema_id)
-            body = io.BytesIO(data[_HEADER.size :])
-            return fastavro.schemaless_reader(body, writer, reader)
-        except RegistryError:
-            raise
+            try:
+                writer = self.retries.call(lambda: registry.writer_schema(schema_id))
+            except RegistryError as exc:
+                raise InvalidEvent(f"schema id {schema_id} is unknown to the registry: {exc}",
+                                   "unknown_schema") from None
+            start = _HEADER.size
+        body = io.BytesIO(data)
+        body.seek(start)
+        try:
+            record = fastavro.schemaless_reader(body, writer if writer is not None else reader,
+                                                reader if writer is not None else None)
         except Exception as exc:
-            raise ValueError(
-                f"cannot decode Avro {schema}: {type(exc).__name__}: {exc}".rstrip(": ")
-            ) from exc
+            raise InvalidEvent(
+                f"cannot decode Avro {schema}: {type(exc).__name__}: {shorten(str(exc), 200)}",
+                "undecodable",
+            ) from None
+        left = len(data) - body.tell()
+        if left:
+            raise InvalidEvent(f"{left} byte(s) follow the Avro {schema} record",
+                               "trailing_bytes")
+        return record  # type: ignore[no-any-return]
 
     def encode_event(self, event: InventoryEvent | Mapping[str, Any], topic: str) -> bytes:
         record = event.to_record() if isinstance(event, InventoryEvent) else event
@@ -157,9 +247,26 @@ class Codec:
     def decode_event(self, data: bytes | None) -> InventoryEvent:
         """Bytes to a validated event; raises :class:`InvalidEvent` with the DLQ reason."""
         if not data:
-            raise InvalidEvent("empty message value")
-        try:
-            record = self.decode(EVENT_SCHEMA, data)
-        except ValueError as exc:
-            raise InvalidEvent(str(exc)) from None
-        return parse_event(record)
+            raise InvalidEvent("empty message value", "undecodable")
+        if len(data) > MAX_RECORD_BYTES:
+            raise InvalidEvent(f"record of {len(data):,} bytes is over the maximum of "
+                               f"{MAX_RECORD_BYTES:,}", "too_large")
+        return parse_event(self.decode(EVENT_SCHEMA, data))
+
+
+def dead_letter_payload(key: bytes | None, value: bytes | None) -> dict[str, Any]:
+    """The original-record fields of a dead letter, bounded in size.
+
+    A value over :data:`DEAD_LETTER_VALUE_LIMIT` (or a key over its limit) keeps a prefix,
+    flagged ``truncated``, with the full length and SHA-256 of the whole original value so
+    it can still be matched against the source system's log.
+    """
+    truncated = False
+    if key is not None and len(key) > DEAD_LETTER_KEY_LIMIT:
+        key, truncated = key[:DEAD_LETTER_KEY_LIMIT], True
+    length = None if value is None else len(value)
+    digest = None if value is None else hashlib.sha256(value).hexdigest()
+    if value is not None and len(value) > DEAD_LETTER_VALUE_LIMIT:
+        value, truncated = value[:DEAD_LETTER_VALUE_LIMIT], True
+    return {"original_key": key, "original_value": value, "original_length": length,
+            "original_sha256": digest, "truncated": truncated}

@@ -16,47 +16,59 @@ from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
+from bytewax.outputs import Sink
 
-from availability.codec import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA, Codec
-from dataflows.domain.events import InvalidEvent, InventoryEvent
+from availability.codec import (
+    CHANNEL_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    POSITION_SCHEMA,
+    Codec,
+    dead_letter_payload,
+)
+from dataflows.domain.events import InvalidEvent, InventoryEvent, check_event_time
 from dataflows.domain.inventory import SkuInventory
 from dataflows.domain.rules import Rules, load_rules
 from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot
-from dataflows.kafka_sink import ConfirmedKafkaSink, OutgoingRecord
+from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecord, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
-from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, reason_class
+from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
 from dataflows.settings import EngineSettings
-from dataflows.sku_logic import SkuAvailabilityLogic, SkuState, now_ms
+from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, SkuState, now_ms
 
 Decoded = tuple[str, tuple[InventoryEvent, SourceRecord]] | OutgoingRecord
 
 
-def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str
+def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str, code: str
                 ) -> OutgoingRecord:
+    """The DLQ record of a refused input, small enough to produce whatever its size."""
+    original = dead_letter_payload(origin.key, origin.value)
     record = {
         "reason": reason,
-        "original_key": origin.key,
-        "original_value": origin.value,
+        "reason_code": code,
+        **original,
         "source_topic": origin.topic,
         "source_partition": origin.partition,
         "source_offset": origin.offset,
         "rejected_at": now_ms(),
     }
-    DEAD_LETTERS.labels(reason_class(reason)).inc()
-    return OutgoingRecord(dlq_topic, origin.key,
+    DEAD_LETTERS.labels(code).inc()
+    return OutgoingRecord(dlq_topic, original["original_key"],
                           codec.encode(DEAD_LETTER_SCHEMA, record, dlq_topic),
                           origin.timestamp_ms)
 
 
-def decode(codec: Codec, dlq_topic: str, origin: SourceRecord) -> Decoded:
+def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: SourceRecord
+           ) -> Decoded:
     """A valid event comes out already keyed by its SKU (the fold's state key), saving a
     separate key_on step on the hot path; an invalid one as its dead letter."""
     try:
         event = codec.decode_event(origin.value)
+        check_event_time(event, now_ms(), max_future_skew_ms)
     except InvalidEvent as exc:
         EVENTS.labels("unknown", "invalid").inc()
-        return dead_letter(codec, dlq_topic, origin, str(exc))
+        return dead_letter(codec, dlq_topic, origin, str(exc), exc.code)
     return event.sku, (event, origin)
 
 
@@ -71,7 +83,9 @@ def dead_letter_key(record: OutgoingRecord) -> str:
 
 
 def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[PositionSnapshot],
-                     channels: list[ChannelSnapshot], origin_ms: int) -> list[OutgoingRecord]:
+                     channels: list[ChannelSnapshot], deleted_channels: list[str],
+                     origin_ms: int) -> list[OutgoingRecord]:
+    """Snapshot records, and a tombstone (null value) for each deleted channel key."""
     topics = settings.topics
     out = [
         OutgoingRecord(topics.positions, snap.key,
@@ -85,35 +99,50 @@ def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[Pos
                        origin_ms)
         for snap in channels
     )
+    if deleted_channels:
+        out.extend(OutgoingRecord(topics.channels, key, None, origin_ms)
+                   for key in deleted_channels)
+        SNAPSHOTS.labels("channel_tombstone").inc(len(deleted_channels))
     SNAPSHOTS.labels("position").inc(len(positions))
     SNAPSHOTS.labels("channel").inc(len(channels))
     return out
 
 
-def build_logic(settings: EngineSettings, rules: Rules, codec: Codec,
+def build_logic(settings: EngineSettings, context: RunContext, codec: Codec,
                 resume: bytes | None) -> SkuAvailabilityLogic:
     state: SkuState | None = pickle.loads(resume) if resume is not None else None
     return SkuAvailabilityLogic(
         state,
         partial(SkuInventory, dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 lateness_horizon_ms=settings.lateness_horizon_ms),
-        rules,
+        context,
         partial(encode_snapshots, codec, settings),
         partial(dead_letter, codec, settings.topics.dlq),
     )
 
 
-def build_flow(settings: EngineSettings, rules: Rules | None = None) -> Dataflow:
-    rules = rules if rules is not None else load_rules(settings.rules_path)
+def build_flow(settings: EngineSettings, context: RunContext | Rules | None = None, *,
+               source: Source[SourceRecord] | None = None,
+               sink: Sink[KeyedRecord] | None = None) -> Dataflow:
+    """The availability dataflow. ``source`` and ``sink`` default to the Kafka topics of
+    ``settings``; tests pass Bytewax's testing source and sink to run it in process."""
+    if context is None:
+        context = load_rules(settings.rules_path)
+    if isinstance(context, Rules):
+        context = RunContext(context, context.fingerprint())
     codec = Codec(settings.schema_registry)
+    watch_registry(codec)
     flow = Dataflow(settings.flow_id)
-    source = InventoryEventSource(settings.brokers, settings.topics.events, settings.batch_size)
+    if source is None:
+        source = InventoryEventSource(settings.brokers, settings.topics.events,
+                                      settings.batch_size)
     raw = op.input("events", flow, source)
-    decoded = op.map("decode", raw, partial(decode, codec, settings.topics.dlq))
+    decoded = op.map("decode", raw, partial(decode, codec, settings.topics.dlq,
+                                            settings.max_future_skew_ms))
     split = op.branch("valid", decoded, is_keyed_event)
     keyed: KeyedStream[tuple[InventoryEvent, SourceRecord]] = split.trues  # type: ignore[assignment]
-    folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, rules, codec))
+    folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, context, codec))
     dead_letters = op.key_on("dlq_key", split.falses, dead_letter_key)
     out = op.merge("all_output", folded, dead_letters)
-    op.output("kafka", out, ConfirmedKafkaSink(settings.brokers))
+    op.output("kafka", out, sink if sink is not None else ConfirmedKafkaSink(settings.brokers))
     return flow

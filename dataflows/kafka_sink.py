@@ -20,7 +20,8 @@ from dataflows.metrics import FRESHNESS
 class OutgoingRecord(NamedTuple):
     topic: str
     key: str | bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone, deleting ``key`` from a compacted topic."""
     origin_ms: int = -1
     """Kafka timestamp of the oldest input that caused it, for the freshness metric."""
 

@@ -40,25 +40,33 @@ INPUT_LAG = Gauge(
     ["partition"],
 )
 
-_REASON_CLASSES = (
-    ("cannot decode", "undecodable"),
-    ("empty message value", "undecodable"),
-    ("schema-registry header", "undecodable"),
-    ("unknown event_type", "unknown_type"),
-    ("missing required field", "missing_field"),
-    ("requires field", "missing_field"),
-    ("quantity must", "quantity"),
-    ("key delimiter", "id_delimiter"),
-    ("horizon", "too_late"),
+REGISTRY_RETRIES = Counter(
+    "availability_registry_retries",
+    "Schema registry requests that failed in a way worth retrying (no answer, 5xx, 401); "
+    "the step waits with backoff and no record is dead-lettered or lost meanwhile.",
+)
+REGISTRY_FAILING = Gauge(
+    "availability_registry_failing",
+    "1 while the schema registry is being retried, 0 once it answers again.",
 )
 
 
-def reason_class(reason: str) -> str:
-    """A bounded label for a free-text DLQ reason."""
-    for fragment, label in _REASON_CLASSES:
-        if fragment in reason:
-            return label
-    return "invalid"
+def watch_registry(codec: object) -> None:
+    """Count registry retries and say, without credentials, what is being waited for."""
+    from availability.codec import Codec, RegistryError
+
+    if not isinstance(codec, Codec) or codec.registry is None:
+        return
+
+    def on_retry(error: RegistryError, attempt: int) -> None:
+        REGISTRY_RETRIES.inc()
+        REGISTRY_FAILING.set(1)
+        if attempt == 1 or attempt % 10 == 0:
+            print(f"engine: schema registry not answering (attempt {attempt}), retrying: "
+                  f"{error}", file=sys.stderr, flush=True)
+
+    codec.retries.on_retry.append(on_retry)
+    codec.retries.on_success.append(lambda: REGISTRY_FAILING.set(0))
 
 
 _EVENT_CHILDREN: dict[tuple[str, str], Counter] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import signal
 import socket
 import subprocess
@@ -23,9 +24,12 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows import metrics
+from dataflows.domain.rules import load_rules
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
 from dataflows.settings import EngineSettings
+from dataflows.sku_logic import RunContext
+from dataflows.state_dir import RecoveryDir, StateDirError, VersionClock
 
 
 def ensure_recovery_dir(path: Path, partitions: int) -> bool:
@@ -62,19 +66,58 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
     """Run this process's part of the flow until SIGINT or SIGTERM asks it to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _request_stop)
+    rules = load_rules(settings.rules_path)
+    context = RunContext(rules, rules.fingerprint())
+    recovery = None
+    if settings.recovery_dir is not None:
+        state_dir = RecoveryDir(settings.recovery_dir, process_id or 0)
+        state_dir.claim()
+        run, history = state_dir.record_run(context.rules_fingerprint)
+        context = RunContext(rules, context.rules_fingerprint, run, history,
+                             state_dir.version_clock())
+        recovery = RecoveryConfig(str(settings.recovery_dir))
+    else:
+        context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
     tune_garbage_collector()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + (process_id or 0))
-    recovery = (RecoveryConfig(str(settings.recovery_dir))
-                if settings.recovery_dir is not None else None)
-    cli_main(
-        build_flow(settings),
-        workers_per_process=1,
-        process_id=process_id,
-        addresses=list(addresses) if addresses else None,
-        epoch_interval=timedelta(seconds=settings.epoch_interval_s),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            build_flow(settings, context),
+            workers_per_process=1,
+            process_id=process_id,
+            addresses=list(addresses) if addresses else None,
+            epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+            recovery_config=recovery,
+        )
+    except (KeyboardInterrupt, StateDirError):
+        raise
+    except BaseException as exc:
+        problem = storage_problem(settings.recovery_dir)
+        if problem is not None:
+            raise StateDirError(problem) from exc
+        raise
+
+
+def storage_problem(recovery_dir: Path | None) -> str | None:
+    """Why the recovery dir cannot take writes (full, read-only, gone), if it cannot.
+
+    Bytewax reports a failed snapshot write as a bare panic; this names the path.
+    """
+    if recovery_dir is None:
+        return None
+    try:
+        RecoveryDir(recovery_dir, -1).check_writable()
+    except StateDirError as exc:
+        return f"{exc}: the engine cannot write its recovery snapshots"
+    try:
+        stats = os.statvfs(recovery_dir)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < 1 << 20:
+        return (f"recovery dir {recovery_dir} is on a full file system "
+                f"({stats.f_bavail * stats.f_frsize} bytes free)")
+    return None
 
 
 def free_ports(count: int) -> list[int]:

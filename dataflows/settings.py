@@ -22,6 +22,8 @@ class EngineSettings:
     epoch_interval_s: float = 10.0
     dedupe_horizon_ms: int = 7 * DAY_MS
     lateness_horizon_ms: int = DAY_MS
+    max_future_skew_ms: int = HOUR_MS
+    """An event dated further ahead of the engine clock than this is dead-lettered."""
     flow_id: str = "availability"
     metrics_port: int = 9108
     """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""

@@ -11,22 +11,67 @@ from __future__ import annotations
 import pickle
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.domain.events import InventoryEvent
 from dataflows.domain.inventory import SkuInventory
 from dataflows.domain.rules import Rules
-from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
+from dataflows.domain.snapshots import (
+    ChannelSnapshot,
+    NextVersion,
+    PositionSnapshot,
+    SnapshotPublisher,
+    count_versions,
+)
 from dataflows.kafka_sink import OutgoingRecord
 from dataflows.kafka_source import SourceRecord
 from dataflows.metrics import count_events
 
 InventoryFactory = Callable[[str], SkuInventory]
-Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot], int], list[OutgoingRecord]]
-Rejector = Callable[[SourceRecord, str], OutgoingRecord]
+Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot], list[str], int],
+                  list[OutgoingRecord]]
+"""(positions, channels, deleted channel keys, origin ms) -> records for the sink."""
+Rejector = Callable[[SourceRecord, str, str], OutgoingRecord]
+"""(origin, reason, reason code) -> dead letter."""
+RepublishMode = Literal["none", "changes", "everything"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every SKU's logic of one engine run shares."""
+
+    rules: Rules
+    rules_fingerprint: str = ""
+    run: int = 0
+    """This start's number in the recovery dir's run ledger (0: no ledger)."""
+    history: Mapping[int, str] = field(default_factory=dict)
+    """Run number -> fingerprint of the rules that run started with."""
+    next_version: NextVersion = count_versions
+
+
+def republish_mode(published_under: str | None, snapshot_run: int, context: RunContext
+                   ) -> RepublishMode:
+    """What a SKU restored from a recovery snapshot must republish at start.
+
+    Its publisher records what it published up to the snapshot, under the rules
+    ``published_under``. Any run started since may have published more before
+    crashing. If each such run had either those rules or today's, what consumers hold
+    differs from the record only where today's rules give another number: publish those
+    ("changes"; "none" when the rules did not change). If a run in between had other
+    rules, consumers may hold numbers nobody recorded: publish every key anew.
+    """
+    if published_under is None:
+        return "everything"
+    allowed = {published_under, context.rules_fingerprint}
+    for run, fingerprint in context.history.items():
+        if snapshot_run <= run < context.run and fingerprint not in allowed:
+            return "everything"
+    return "none" if published_under == context.rules_fingerprint else "changes"
 
 
 def now_ms() -> int:
@@ -34,35 +79,58 @@ def now_ms() -> int:
 
 
 class SkuState:
-    """Picklable per-SKU state: the positions and what was last published for them."""
+    """Picklable per-SKU state: the positions, what was last published for them, under
+    which rules, and which run took the snapshot."""
 
-    __slots__ = ("inventory", "publisher")
+    __slots__ = ("inventory", "published_under", "publisher", "snapshot_run")
 
-    def __init__(self, inventory: SkuInventory, publisher: SnapshotPublisher) -> None:
+    def __init__(self, inventory: SkuInventory, publisher: SnapshotPublisher,
+                 published_under: str | None = None, snapshot_run: int = 0) -> None:
         self.inventory = inventory
         self.publisher = publisher
+        self.published_under = published_under
+        """Fingerprint of the rules the publisher's record reflects (None: unknown)."""
+        self.snapshot_run = snapshot_run
 
-    def __getstate__(self) -> tuple[SkuInventory, SnapshotPublisher]:
-        return self.inventory, self.publisher
+    def __getstate__(self) -> tuple[SkuInventory, SnapshotPublisher, str | None, int]:
+        return self.inventory, self.publisher, self.published_under, self.snapshot_run
 
-    def __setstate__(self, state: tuple[SkuInventory, SnapshotPublisher]) -> None:
-        self.inventory, self.publisher = state
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        if len(state) == 2:  # written by 0.1: rules unknown
+            state = (*state, None, 0)
+        self.inventory, self.publisher, self.published_under, self.snapshot_run = state  # type: ignore[assignment]
 
 
 class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord],
                                               OutgoingRecord, bytes]):
-    def __init__(self, state: SkuState | None, new_inventory: InventoryFactory, rules: Rules,
-                 encode: Encoder, reject: Rejector) -> None:
+    """One SKU's fold and publishing.
+
+    A SKU restored from a recovery snapshot starts *unconfirmed*: the run that crashed
+    may have published newer snapshots of it than the snapshot records, from events that
+    are now being replayed. The first time it publishes after the restore, it publishes
+    every key under a fresh version, so no consumer is left holding a number from before
+    the crash. A rules change is republished at once (``_pending``), through
+    :meth:`notify_at`, without waiting for an event.
+    """
+
+    def __init__(self, state: SkuState | None, new_inventory: InventoryFactory,
+                 context: RunContext, encode: Encoder, reject: Rejector) -> None:
         self._state = state
         self.new_inventory = new_inventory
-        self.rules = rules
+        self.context = context
+        self.rules = context.rules
         self.encode = encode
         self.reject = reject
+        self._unconfirmed = state is not None
+        self._pending: RepublishMode = "none"
+        if state is not None:
+            self._pending = republish_mode(state.published_under, state.snapshot_run, context)
 
     def on_batch(self, values: list[tuple[InventoryEvent, SourceRecord]]
                  ) -> tuple[Iterable[OutgoingRecord], bool]:
         if self._state is None:
-            self._state = SkuState(self.new_inventory(values[0][0].sku), SnapshotPublisher())
+            self._state = SkuState(self.new_inventory(values[0][0].sku), SnapshotPublisher(),
+                                   self.context.rules_fingerprint)
         inventory = self._state.inventory
         now = now_ms()
         touched: set[str] = set()
@@ -77,7 +145,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
             if outcome.status == "applied":
                 touched.update(outcome.touched)
             elif outcome.status == "rejected":
-                rejected.append(self.reject(origin, outcome.reason or "rejected"))
+                rejected.append(self.reject(origin, outcome.reason or "rejected", "too_late"))
         count_events(results)
         return self._publish(touched, now, oldest) + rejected, self.RETAIN
 
@@ -85,24 +153,47 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
         if self._state is None:
             return [], self.RETAIN
         now = now_ms()
+        if self._pending != "none":
+            return self._republish(now, -1, self._pending == "everything"), self.RETAIN
         touched = self._state.inventory.expire(now)
         return self._publish(set(touched), now, -1), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self._state is None:
             return None
+        if self._pending != "none":
+            return datetime.now(tz=UTC)
         expiry = self._state.inventory.next_expiry()
         if expiry is None:
             return None
         return datetime.fromtimestamp(expiry / 1000, tz=UTC)
 
     def snapshot(self) -> bytes:
+        if self._state is not None:
+            self._state.snapshot_run = self.context.run
         return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _publish(self, touched: set[str], now: int, origin_ms: int) -> list[OutgoingRecord]:
         if not touched or self._state is None:
             return []
+        if self._unconfirmed:
+            return self._republish(now, origin_ms, everything=True)
         positions, channels = self._state.publisher.publish(
-            self._state.inventory, touched, self.rules, now, now
+            self._state.inventory, touched, self.rules, now, now, self.context.next_version
         )
-        return self.encode(positions, channels, origin_ms)
+        return self.encode(positions, channels, [], origin_ms)
+
+    def _republish(self, now: int, origin_ms: int, everything: bool) -> list[OutgoingRecord]:
+        """Every key under a fresh version (``everything``), or each key whose number
+        today's rules change, plus tombstones for keys the rules no longer give."""
+        assert self._state is not None
+        result = self._state.publisher.republish(
+            self._state.inventory, self.rules, now, now, self.context.next_version,
+            everything=everything,
+        )
+        if everything:
+            self._unconfirmed = False
+        self._pending = "none"
+        self._state.published_under = self.context.rules_fingerprint
+        return self.encode(result.positions, result.channels, result.deleted_channels,
+                           origin_ms)

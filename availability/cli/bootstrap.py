@@ -13,7 +13,7 @@ from availability.cli import CommandError, add_brokers_argument
 from availability.codec import Codec, RegistryError
 from availability.delivery import ConfirmedProducer, DeliveryFailed
 from availability.topics import TopicNames
-from dataflows.domain.position import iso_ms
+from dataflows.domain.events import iso_ms
 
 if TYPE_CHECKING:  # imported lazily: `availability --help` need not load polars
     from availability.erp import ErpSnapshot

@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="event-time horizon of event_id deduplication")
     parser.add_argument("--lateness-horizon-hours", type=float, default=24,
                         help="event-time horizon for re-basing a late COUNT")
+    parser.add_argument("--max-future-skew-minutes", type=float, default=60,
+                        help="an event dated further ahead of this engine's clock goes to "
+                             "the dead-letter topic (a source with a broken clock must not "
+                             "move a SKU's horizons)")
     parser.add_argument("--metrics-port", type=int, default=9108,
                         help="Prometheus /metrics port of process 0 (process i: port + i); "
                              "0 turns it off")
@@ -61,6 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         epoch_interval_s=args.epoch_interval,
         dedupe_horizon_ms=int(args.dedupe_horizon_hours * HOUR_MS),
         lateness_horizon_ms=int(args.lateness_horizon_hours * HOUR_MS),
+        max_future_skew_ms=int(args.max_future_skew_minutes * 60_000),
         metrics_port=args.metrics_port,
     )
 
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dataflows.domain.rules import RulesError, load_rules
     from dataflows.runner import ensure_recovery_dir, member_command, run_cluster
+    from dataflows.state_dir import RecoveryDir, StateDirError
 
     try:
         load_rules(args.rules)
@@ -81,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--processes must be at least 1")
     if args.dedupe_horizon_hours <= 0 or args.lateness_horizon_hours <= 0:
         raise CommandError("horizons must be positive")
+    if args.max_future_skew_minutes < 0:
+        raise CommandError("--max-future-skew-minutes must be >= 0")
     settings = settings_from_args(args)
 
     if args.process_id is not None:
@@ -96,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
             f"{settings.topics.events} has {len(topic.partitions)} partitions, not divisible "
             f"by --processes {args.processes} (a process with fewer partitions stalls)"
         )
-    created = ensure_recovery_dir(args.recovery_dir, max(args.processes, 1))
+    try:
+        RecoveryDir(args.recovery_dir).check_writable()
+        created = ensure_recovery_dir(args.recovery_dir, max(args.processes, 1))
+    except StateDirError as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot prepare recovery dir {args.recovery_dir}: "
+                           f"{exc.strerror or exc}") from exc
     print(f"engine: recovery {'created' if created else 'resumed'} at {args.recovery_dir}; "
           f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}",
           flush=True)
@@ -109,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
 def _run_member(settings: EngineSettings, process_id: int | None = None,
                 addresses: list[str] | None = None) -> int:
     from dataflows.runner import run_member
+    from dataflows.state_dir import StateDirError
 
     try:
         run_member(settings, process_id, addresses)
+    except StateDirError as exc:
+        raise CommandError(str(exc)) from exc
     except KeyboardInterrupt:
         print("engine: aborted", flush=True)
         return 130
@@ -127,6 +145,7 @@ def _member_args(args: argparse.Namespace) -> list[str]:
         "--epoch-interval", str(args.epoch_interval),
         "--dedupe-horizon-hours", str(args.dedupe_horizon_hours),
         "--lateness-horizon-hours", str(args.lateness_horizon_hours),
+        "--max-future-skew-minutes", str(args.max_future_skew_minutes),
         "--events-topic", args.events_topic, "--dlq-topic", args.dlq_topic,
         "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
         "--metrics-port", str(args.metrics_port),

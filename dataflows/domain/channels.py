@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from dataflows.domain.inventory import PositionQuantities
+from dataflows.domain.inventory import PositionQuantities, saturate
 from dataflows.domain.rules import ChannelRule, Rules
 
 
@@ -43,7 +43,7 @@ def channel_ats(rule: ChannelRule, pooled: int) -> int:
         return 0
     if rule.max_quantity is not None and value > rule.max_quantity:
         return rule.max_quantity
-    return value
+    return saturate(value)
 
 
 def availability(

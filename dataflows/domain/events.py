@@ -7,10 +7,29 @@ rule; the codec only turns bytes into a mapping and calls :func:`parse_event`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 KEY_DELIMITER = "|"
+
+MAX_ID_LENGTH = 256
+"""Longest id (event_id, sku, location_id, transfer_id, reservation_id, channel, source),
+in characters: ids become Kafka keys and RocksDB keys, so they must stay small."""
+MAX_TEXT_LENGTH = 1024
+"""Longest free text (``reason``), in characters."""
+MAX_QUANTITY = 1_000_000_000
+"""Largest |quantity| of one event. With it, no position sum can come near int64."""
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last instant an ISO-8601 time can name."""
+DEFAULT_MAX_FUTURE_SKEW_MS = 3_600_000
+"""How far occurred_at may lie ahead of the engine clock by default (1 h)."""
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC, for messages people read."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventType(StrEnum):
@@ -27,7 +46,43 @@ class EventType(StrEnum):
 
 
 class InvalidEvent(ValueError):
-    """An event that must go to the dead-letter topic; ``str()`` is the reason."""
+    """An event that must go to the dead-letter topic; ``str()`` is the reason.
+
+    ``code`` is a short, stable, machine-readable class of the reason: it is written
+    into the dead letter and labels the dead-letter metric, so it must come from a
+    small fixed set (see :data:`REASON_CODES`).
+    """
+
+    def __init__(self, reason: str, code: str = "invalid_field") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+REASON_CODES = (
+    "undecodable",      # not an Avro record of the contract, or an empty value
+    "trailing_bytes",   # bytes left after the Avro record
+    "too_large",        # record bigger than the documented maximum
+    "unknown_schema",   # registry framing names a schema id the registry does not know
+    "unknown_type",     # event_type is not one of the ten
+    "missing_field",    # a field the event type requires is absent
+    "invalid_field",    # wrong type, empty string, out-of-range time
+    "too_long",         # an id or text over its maximum length
+    "id_delimiter",     # an id contains the key delimiter
+    "quantity",         # wrong sign for the type, or over MAX_QUANTITY
+    "future_event",     # occurred_at too far ahead of the engine clock
+    "too_late",         # beyond a horizon: can no longer be applied exactly once
+)
+"""Every dead-letter reason code, in documentation order."""
+
+
+def shorten(value: object, limit: int = 64) -> str:
+    """``repr`` of a value for an error message, cut to ``limit`` characters: reasons
+    must stay readable however large the bad input is."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}... ({length} long)"
 
 
 class InventoryEvent(NamedTuple):
@@ -108,15 +163,40 @@ _ID_FIELDS = frozenset({"event_id", "sku", "location_id", "transfer_id",
 def _check_string(name: str, value: Any, required: bool) -> None:
     if value is None:
         if required:
-            raise InvalidEvent(f"missing required field {name!r}")
+            raise InvalidEvent(f"missing required field {name!r}", "missing_field")
         return
     if type(value) is not str or not value or value.isspace():
         suffix = "" if required else " when present"
         raise InvalidEvent(f"field {name!r} must be a non-empty string{suffix}")
+    limit = MAX_TEXT_LENGTH if name == "reason" else MAX_ID_LENGTH
+    if len(value) > limit:
+        raise InvalidEvent(f"field {name!r} is {len(value)} characters long, over the "
+                           f"maximum of {limit}: {shorten(value)}", "too_long")
+    if name in _ID_FIELDS and not value.isprintable() and not _printable_enough(value):
+        raise InvalidEvent(f"field {name!r} contains control characters: {shorten(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(f"field {name!r} is not valid Unicode text (a lone surrogate): "
+                           f"{shorten(value)}") from None
     if KEY_DELIMITER in value and name in _ID_FIELDS:
         raise InvalidEvent(
-            f"field {name!r} contains the key delimiter {KEY_DELIMITER!r}: {value!r}"
+            f"field {name!r} contains the key delimiter {KEY_DELIMITER!r}: {shorten(value)}",
+            "id_delimiter",
         )
+
+
+def _printable_enough(value: str) -> bool:
+    """Ids may hold any printable text, including non-ASCII spaces; C0/C1 controls and
+    lone surrogates are refused (they break keys, logs and terminals)."""
+    return not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000
+                   for c in value)
+
+
+def _check_time(name: str, value: Any) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_TIME_MS:
+        raise InvalidEvent(f"{name} must be epoch milliseconds between 0 and {MAX_TIME_MS} "
+                           f"(year 9999), got {shorten(value)}")
 
 
 def parse_event(record: Mapping[str, Any]) -> InventoryEvent:
@@ -128,7 +208,7 @@ def parse_event(record: Mapping[str, Any]) -> InventoryEvent:
     raw_type = get("event_type")
     event_type = _TYPES.get(raw_type) if isinstance(raw_type, str) else None
     if event_type is None:
-        raise InvalidEvent(f"unknown event_type {raw_type!r}")
+        raise InvalidEvent(f"unknown event_type {shorten(raw_type)}", "unknown_type")
 
     for name in _REQUIRED_STRINGS:
         _check_string(name, get(name), True)
@@ -139,32 +219,34 @@ def parse_event(record: Mapping[str, Any]) -> InventoryEvent:
     reason, transfer_id, counterparty, reservation_id, channel = optional
     for name in _REQUIRED_BY_TYPE.get(event_type, ()):
         if get(name) is None:
-            raise InvalidEvent(f"{event_type} requires field {name!r}")
+            raise InvalidEvent(f"{event_type} requires field {name!r}", "missing_field")
 
     occurred_at = get("occurred_at")
     if occurred_at is None:
-        raise InvalidEvent("missing required field 'occurred_at'")
-    if type(occurred_at) is not int or occurred_at < 0:
-        raise InvalidEvent(f"occurred_at must be epoch milliseconds >= 0, got {occurred_at!r}")
+        raise InvalidEvent("missing required field 'occurred_at'", "missing_field")
+    _check_time("occurred_at", occurred_at)
     expires_at = get("expires_at")
-    if expires_at is not None and (type(expires_at) is not int or expires_at < 0):
-        raise InvalidEvent(f"expires_at must be epoch milliseconds >= 0, got {expires_at!r}")
+    if expires_at is not None:
+        _check_time("expires_at", expires_at)
 
     quantity = get("quantity")
     if quantity is None:
-        raise InvalidEvent("missing required field 'quantity'")
+        raise InvalidEvent("missing required field 'quantity'", "missing_field")
     if type(quantity) is not int:
-        raise InvalidEvent(f"quantity must be an integer, got {quantity!r}")
+        raise InvalidEvent(f"quantity must be an integer, got {shorten(quantity)}", "quantity")
+    if not -MAX_QUANTITY <= quantity <= MAX_QUANTITY:
+        raise InvalidEvent(f"quantity {shorten(quantity)} is beyond the per-event maximum of "
+                           f"{MAX_QUANTITY:,} units", "quantity")
     rule = _QUANTITY_RULE[event_type]
     if (quantity <= 0 if rule is _POSITIVE else quantity < 0 if rule is _NON_NEGATIVE
             else quantity == 0):
-        raise InvalidEvent(f"{event_type} quantity must be {rule}, got {quantity}")
+        raise InvalidEvent(f"{event_type} quantity must be {rule}, got {quantity}", "quantity")
 
     restockable = get("restockable")
     if restockable is None:
         restockable = True
     elif type(restockable) is not bool:
-        raise InvalidEvent(f"restockable must be a boolean, got {restockable!r}")
+        raise InvalidEvent(f"restockable must be a boolean, got {shorten(restockable)}")
 
     location_id = record["location_id"]
     if event_type is EventType.TRANSFER_SHIPPED and counterparty == location_id:
@@ -175,3 +257,18 @@ def parse_event(record: Mapping[str, Any]) -> InventoryEvent:
         location_id, quantity, reason, transfer_id, counterparty, reservation_id, channel,
         expires_at, restockable,
     )
+
+
+def check_event_time(event: InventoryEvent, now_ms: int, max_future_skew_ms: int) -> None:
+    """Refuse an event dated too far ahead of the engine clock.
+
+    One event from a source with a broken clock (say the year 2200) would otherwise move
+    its SKU's watermark so far that every present-day event falls outside the dedupe
+    horizon; the skew bound keeps a bad clock from freezing a SKU.
+    """
+    if event.occurred_at > now_ms + max_future_skew_ms:
+        raise InvalidEvent(
+            f"occurred_at {iso_ms(event.occurred_at)} is more than "
+            f"{max_future_skew_ms // 1000} s ahead of the engine clock ({iso_ms(now_ms)})",
+            "future_event",
+        )

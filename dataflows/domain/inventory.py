@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from dataflows.domain.events import EventType, InventoryEvent
-from dataflows.domain.position import Position, iso_ms
+from dataflows.domain.events import EventType, InventoryEvent, iso_ms
+from dataflows.domain.position import Position
 from dataflows.domain.rules import Rules
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -27,6 +27,18 @@ HOUSEKEEPING_FRACTION = 8
 """Housekeeping runs each time the watermark advances by horizon / this."""
 
 OutcomeStatus = Literal["applied", "duplicate", "rejected"]
+
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+
+
+def saturate(value: int) -> int:
+    """Clamp to int64, the contracts' ``long``: published numbers saturate, never wrap."""
+    if value > INT64_MAX:
+        return INT64_MAX
+    if value < INT64_MIN:
+        return INT64_MIN
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +190,7 @@ class SkuInventory:
         reserved = position.reserved
         safety_stock = rules.safety_stock(self.sku, location_id)
         available = on_hand - reserved - safety_stock
-        return PositionQuantities(
+        quantities = PositionQuantities(
             on_hand,
             position.unsellable,
             reserved,
@@ -187,6 +199,11 @@ class SkuInventory:
             available if available > 0 else 0,
             position.as_of,
         )
+        if not INT64_MIN < on_hand < INT64_MAX or available >= INT64_MAX or not (
+                INT64_MIN < reserved < INT64_MAX and INT64_MIN < position.in_transit < INT64_MAX
+                and INT64_MIN < position.unsellable < INT64_MAX):
+            quantities = PositionQuantities(*(saturate(q) for q in quantities))
+        return quantities
 
     def _housekeeping(self, watermark: int) -> None:
         """Fold late deltas, forget old ids and tombstones, each once per horizon / 8."""

@@ -33,16 +33,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 
-from dataflows.domain.events import EventType, InventoryEvent
-
-
-def iso_ms(epoch_ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC, for messages people read."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from dataflows.domain.events import EventType, InventoryEvent, iso_ms
 
 
 class ReservationStatus(StrEnum):

@@ -13,6 +13,8 @@ compute it, and not 28.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -89,6 +91,32 @@ class Rules:
     @classmethod
     def empty(cls) -> Rules:
         return cls()
+
+    def fingerprint(self) -> str:
+        """A digest that changes exactly when the rules' meaning does.
+
+        Built from sorted values, not ``repr``: set order varies between processes, and a
+        reordered or re-commented file must not look like a rules change.
+        """
+        canonical = {
+            "locations": sorted(
+                (loc.id, loc.type, sorted(loc.tags), loc.safety_stock)
+                for loc in self.locations.values()
+            ),
+            "safety_stock": sorted(
+                (sku, location or "", units)
+                for (sku, location), units in self.safety_stock_overrides.items()
+            ),
+            "channels": sorted(
+                (rule.name, sorted(rule.locations), sorted(rule.location_types),
+                 sorted(rule.location_tags), rule.buffer,
+                 f"{rule.allocation.numerator}/{rule.allocation.denominator}",
+                 rule.max_quantity, rule.include_in_transit, rule.per_location)
+                for rule in self.channels.values()
+            ),
+        }
+        text = json.dumps(canonical, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def location(self, location_id: str) -> Location:
         """The declared location, or an ``unknown`` one (no tags, safety stock 0)."""

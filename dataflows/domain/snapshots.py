@@ -1,13 +1,16 @@
-"""Published snapshot records and the per-SKU publisher that versions them (DESIGN 5).
+"""Published snapshot records and the per-SKU publisher that versions them.
 
 Field names are a contract with ``schemas/avro``. Snapshots go to compacted topics and
 consumers drop any version not newer than theirs, so the publisher emits a key only
-when its value changed and numbers versions per key, starting at 1.
+when its value changed, and every version it gives a key is strictly greater than any
+that key was ever given, by this run or an earlier one. Where versions come from is the
+caller's choice (:data:`NextVersion`): the engine uses a clock that survives crashes
+(see ``docs/semantics.md``), tests and the benchmark peers a plain counter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from dataflows.domain.channels import LocationContribution, channel_ats
@@ -18,9 +21,21 @@ from dataflows.domain.rules import ChannelRule, Rules
 __all__ = [
     "ChannelSnapshot",
     "LocationContribution",
+    "NextVersion",
     "PositionSnapshot",
+    "Republished",
     "SnapshotPublisher",
+    "count_versions",
 ]
+
+NextVersion = Callable[[int], int]
+"""Given a key's previous version (0: none), the version of its next snapshot; always
+greater than the argument."""
+
+
+def count_versions(previous: int) -> int:
+    """Versions 1, 2, 3...: enough where one process publishes once, as in tests."""
+    return previous + 1
 
 
 class PositionSnapshot(NamedTuple):
@@ -86,6 +101,15 @@ def channel_key(channel: str, sku: str, location_id: str | None) -> str:
     return f"{channel}{KEY_DELIMITER}{sku}{KEY_DELIMITER}{location_id}"
 
 
+class Republished(NamedTuple):
+    """What :meth:`SnapshotPublisher.republish` publishes: snapshots and deleted keys."""
+
+    positions: list[PositionSnapshot]
+    channels: list[ChannelSnapshot]
+    deleted_channels: list[str]
+    """Channel keys to delete with a tombstone."""
+
+
 class SnapshotPublisher:
     """Last published value and version per key, for one SKU's state.
 
@@ -121,6 +145,7 @@ class SnapshotPublisher:
         rules: Rules,
         now_ms: int,
         computed_at: int,
+        next_version: NextVersion = count_versions,
     ) -> tuple[list[PositionSnapshot], list[ChannelSnapshot]]:
         """Snapshots whose value changed because of ``touched`` locations.
 
@@ -148,11 +173,11 @@ class SnapshotPublisher:
             if previous is not None and previous[0] == quantities:
                 continue
             if previous is None:
-                version = 1
+                version = next_version(0)
                 self._members.clear()
                 moved.add(location_id)
             else:
-                version = previous[1] + 1
+                version = next_version(previous[1])
                 old = previous[0]
                 if old.ats != quantities.ats or old.in_transit != quantities.in_transit:
                     moved.add(location_id)
@@ -175,12 +200,74 @@ class SnapshotPublisher:
                 for location_id in changed:
                     if name in rules.channel_names_for(location_id):
                         self._emit(rule, sku, [location_id], location_id, location_id in moved,
-                                   computed_at, channel_snapshots)
+                                   computed_at, channel_snapshots, next_version)
             else:
                 members_moved = any(name in rules.channel_names_for(loc) for loc in moved)
                 self._emit(rule, sku, self._members_of(name, rules), None, members_moved,
-                           computed_at, channel_snapshots)
+                           computed_at, channel_snapshots, next_version)
         return position_snapshots, channel_snapshots
+
+    def republish(
+        self,
+        inventory: SkuInventory,
+        rules: Rules,
+        now_ms: int,
+        computed_at: int,
+        next_version: NextVersion,
+        *,
+        everything: bool,
+    ) -> Republished:
+        """Bring every key of the SKU in line with ``rules`` and the current state.
+
+        Used when the rules may have changed and after a restore. With ``everything``
+        each key is published again under a fresh version even if its value is what was
+        last recorded here: after a crash, a consumer may hold a newer snapshot than the
+        restored state knows of, which only a fresh version can replace. Channel keys
+        the rules no longer give a number (a removed channel, a location no longer
+        eligible) come back as ``deleted`` and are forgotten: their tombstones.
+        """
+        sku = inventory.sku
+        inventory.expire(now_ms)
+        self._members.clear()
+        self._contributions.clear()
+        positions: list[PositionSnapshot] = []
+        moved: set[str] = set()
+        published = self.positions
+        for location_id in inventory.positions:
+            quantities = inventory.position_quantities(location_id, rules)
+            previous = published.get(location_id)
+            if previous is not None and previous[0] == quantities and not everything:
+                continue
+            if previous is None or (previous[0].ats, previous[0].in_transit) != (
+                    quantities.ats, quantities.in_transit):
+                moved.add(location_id)
+            version = next_version(0 if previous is None else previous[1])
+            published[location_id] = (quantities, version)
+            positions.append(PositionSnapshot(sku, location_id, *quantities, version,
+                                              computed_at))
+
+        channels: list[ChannelSnapshot] = []
+        wanted: set[tuple[str, str | None]] = set()
+        for rule in rules.channels.values():
+            members = self._members_of(rule.name, rules)
+            if not members:
+                continue
+            if rule.per_location:
+                for location_id in members:
+                    wanted.add((rule.name, location_id))
+                    self._emit(rule, sku, [location_id], location_id,
+                               everything or location_id in moved, computed_at, channels,
+                               next_version)
+            else:
+                wanted.add((rule.name, None))
+                self._emit(rule, sku, members, None,
+                           everything or not moved.isdisjoint(members), computed_at,
+                           channels, next_version)
+        deleted = [channel_key(name, sku, location_id)
+                   for name, location_id in self.channels if (name, location_id) not in wanted]
+        for key in [key for key in self.channels if key not in wanted]:
+            del self.channels[key]
+        return Republished(positions, channels, deleted)
 
     def _members_of(self, channel: str, rules: Rules) -> list[str]:
         members = self._members.get(channel)
@@ -199,7 +286,8 @@ class SnapshotPublisher:
         return found
 
     def _emit(self, rule: ChannelRule, sku: str, members: list[str], location_id: str | None,
-              members_moved: bool, computed_at: int, out: list[ChannelSnapshot]) -> None:
+              members_moved: bool, computed_at: int, out: list[ChannelSnapshot],
+              next_version: NextVersion) -> None:
         """Recompute one channel number from published positions; append it if it changed.
 
         The stored value is only ``(ats, as_of)``: the contributions are a function of
@@ -222,7 +310,7 @@ class SnapshotPublisher:
         previous = self.channels.get(key)
         if previous is not None and previous[0] == value and not members_moved:
             return
-        version = 1 if previous is None else previous[1] + 1
+        version = next_version(0 if previous is None else previous[1])
         self.channels[key] = (value, version)
         contributions = tuple(self._contribution(member) for member in members)
         out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,

@@ -84,11 +84,18 @@ def _newer_schema() -> dict[str, Any]:
     return schema
 
 
-def test_schema_evolution_plain_avro_reads_newer_writer(codec: Codec) -> None:
+def test_plain_avro_refuses_bytes_after_the_record(codec: Codec) -> None:
+    """Plain Avro carries no schema: bytes after the record are indistinguishable from
+    junk, so they are refused (a newer writer needs registry framing; see below)."""
     newer = fastavro.parse_schema(_newer_schema())
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, newer, {**EVENT.to_record(), "loyalty_tier": "gold"})
-    assert codec.decode_event(buffer.getvalue()) == EVENT
+    with pytest.raises(InvalidEvent, match="byte\\(s\\) follow the Avro") as info:
+        codec.decode_event(buffer.getvalue())
+    assert info.value.code == "trailing_bytes"
+    valid = codec.encode_event(EVENT, "t")
+    with pytest.raises(InvalidEvent, match="3 byte"):
+        codec.decode_event(valid + b"\x00\x01\x02")
 
 
 class _Registry(BaseHTTPRequestHandler):

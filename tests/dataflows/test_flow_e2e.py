@@ -153,13 +153,13 @@ def test_scripted_retail_scenario(brokers: str, topics: TopicNames, codec: Codec
     assert channels["pickup|SKU-1|S001"]["location_id"] == "S001"
     assert channels["amazon|SKU-1"]["as_of"] == positions["SKU-1|DC1"]["as_of"]
 
-    # versions are monotonic per key and a snapshot is only emitted on change
+    # versions strictly increase per key and a snapshot is only emitted on change
     seen: dict[str, list[int]] = {}
     for message in scan_topic(brokers, topics.positions, timeout=30):
         record = codec.decode(POSITION_SCHEMA, message.value())
         seen.setdefault(message.key().decode(), []).append(record["version"])
     for versions in seen.values():
-        assert versions == list(range(1, len(versions) + 1))
+        assert versions == sorted(set(versions)), versions
 
     # a later event changes the answer
     publish_events(topics.events, [ev("e30", EventType.SALE, "DC1", 10, NOW)])

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dataflows.domain.events import InventoryEvent, parse_event
-from dataflows.domain.position import Position, ReservationStatus, iso_ms
+from dataflows.domain.events import InventoryEvent, iso_ms, parse_event
+from dataflows.domain.position import Position, ReservationStatus
 
 T0 = 1_700_000_000_000
 NOW = T0
