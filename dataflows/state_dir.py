@@ -17,12 +17,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 LEASE_US = 5_000_000
 """How far ahead of the versions handed out the persisted floor is kept."""
+
+_HELD_LOCKS: list[IO[str]] = []
+"""Open lock files of this process: held until it exits, whoever dropped the object."""
 
 
 class StateDirError(RuntimeError):
@@ -76,7 +78,6 @@ class RecoveryDir:
     def __init__(self, path: Path, process_id: int = 0) -> None:
         self.path = path
         self.process_id = process_id
-        self._lock: IO[str] | None = None
 
     def claim(self) -> None:
         """Take this member's lock for the life of the process (the kernel drops it when
@@ -98,7 +99,7 @@ class RecoveryDir:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        self._lock = handle
+        _HELD_LOCKS.append(handle)
 
     def check_writable(self) -> None:
         try:
@@ -142,7 +143,3 @@ class RecoveryDir:
             except (OSError, ValueError):
                 continue  # a torn write is impossible (rename); skip foreign files
         return VersionClock(self.path / f"version-floor.{self.process_id}", max(floors, default=0))
-
-
-def describe_history(runs: Mapping[int, str]) -> str:
-    return ", ".join(f"{number}:{fingerprint}" for number, fingerprint in sorted(runs.items()))

@@ -1,0 +1,192 @@
+"""A rules change reaches every number it affects at start, with no new event: changed
+numbers are republished, a new channel gets a number for every SKU, a removed channel's
+keys (and per-location keys of a location no longer eligible) are deleted with
+tombstones, on the topics and in an API replica reading them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
+from availability.topic_reader import latest_by_key, scan_topic
+from availability.topics import TopicNames
+from availability_api.client import ApiError, AvailabilityClient
+from dataflows.domain.events import InventoryEvent, parse_event
+from dataflows.domain.rules import load_rules
+from tests.dataflows.test_recovery import QUANTITIES, fold_in_process
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = int(time.time() * 1000) - 3_600_000
+
+BEFORE = """
+[locations.DC1]
+type = "dc"
+safety_stock = 1
+[locations.S1]
+type = "store"
+tags = ["pickup"]
+[locations.S2]
+type = "store"
+tags = ["pickup"]
+
+[channels.web]
+location_types = ["dc", "store"]
+buffer = 1
+[channels.amazon]
+locations = ["DC1"]
+allocation = 0.5
+[channels.walmart]
+locations = ["DC1"]
+[channels.pickup]
+location_tags = ["pickup"]
+per_location = true
+"""
+
+AFTER = """
+[locations.DC1]
+type = "dc"
+safety_stock = 4          # a location's safety stock
+[locations.S1]
+type = "store"
+tags = ["pickup"]
+[locations.S2]
+type = "store"            # no longer tagged pickup: its pickup keys go
+tags = []
+
+[channels.web]
+location_types = ["dc", "store"]
+buffer = 1
+max_quantity = 20         # a cap
+[channels.amazon]
+locations = ["DC1"]
+allocation = 0.25         # an allocation
+[channels.pickup]
+location_tags = ["pickup"]
+per_location = true
+[channels.stores]         # a channel added; walmart removed
+location_types = ["store"]
+"""
+
+SKUS = [f"SKU-{n}" for n in range(12)]
+
+
+def events() -> list[InventoryEvent]:
+    out = []
+    for n, sku in enumerate(SKUS):
+        for location, quantity in (("DC1", 30 + n), ("S1", 3 + n % 4), ("S2", 5 + n % 3)):
+            out.append(parse_event({
+                "event_id": f"{sku}-{location}", "event_type": "RECEIPT",
+                "occurred_at": T0 + n, "source": "erp", "sku": sku, "location_id": location,
+                "quantity": quantity}))
+    return out
+
+
+def topic_tables(brokers: str, topics: TopicNames, codec: Codec
+                 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    positions = latest_by_key(brokers, topics.positions,
+                              lambda b: codec.decode(POSITION_SCHEMA, b), timeout=30)
+    channels = latest_by_key(brokers, topics.channels,
+                             lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=30)
+    return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
+            {k: v["ats"] for k, v in channels.items()})
+
+
+def record_count(brokers: str, topic: str) -> int:
+    return sum(1 for _ in scan_topic(brokers, topic, timeout=30))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_api(brokers: str, topics: TopicNames, data_dir: Path, port: int, log: Path
+              ) -> subprocess.Popen[bytes]:
+    exe = REPO / ".venv" / "bin" / "availability"
+    argv = [str(exe) if exe.exists() else "availability", "api", "--brokers", brokers,
+            "--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1",
+            "--metrics-port", "0", "--events-topic", topics.events, "--dlq-topic", topics.dlq,
+            "--positions-topic", topics.positions, "--channels-topic", topics.channels]
+    return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            env={**os.environ})
+
+
+def replica_channels(client: AvailabilityClient, keys: list[str]) -> dict[str, int | None]:
+    """Channel key -> ats the replica serves (None: not found or channel unknown)."""
+    answers: dict[str, int | None] = {}
+    for key in keys:
+        channel, sku, *location = key.split("|")
+        try:
+            found = client.get(channel, sku, location[0] if location else "").availability
+        except ApiError:
+            answers[key] = None
+            continue
+        answers[key] = found.ats if found.found else None
+    return answers
+
+
+def test_restart_with_changed_rules_republishes_without_events(
+        brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
+        engine_factory: Callable[..., Any], wait_for: Callable[..., Any],
+        publish_events: Callable[..., int]) -> None:
+    before, after = tmp_path / "before.toml", tmp_path / "after.toml"
+    before.write_text(BEFORE)
+    after.write_text(AFTER)
+    stream = events()
+    expected_before = fold_in_process(stream, load_rules(before))
+    expected_after = fold_in_process(stream, load_rules(after))
+    publish_events(topics.events, stream)
+
+    engine = engine_factory(topics, before).start()
+    wait_for(lambda: topic_tables(brokers, topics, codec) == expected_before, 60,
+             "the tables under the first rules")
+    assert engine.stop() == 0, engine.log()
+
+    port = free_port()
+    api = start_api(brokers, topics, tmp_path / "api", port, tmp_path / "api.log")
+    client = AvailabilityClient(f"127.0.0.1:{port}", timeout=5)
+    try:
+        all_keys = sorted(set(expected_before[1]) | set(expected_after[1]))
+        wait_for(lambda: {k: v for k, v in replica_channels(client, all_keys).items()
+                          if v is not None} == expected_before[1], 60,
+                 "the replica to serve the first rules' numbers")
+
+        engine = engine_factory(topics, after).start()
+        try:
+            wait_for(lambda: topic_tables(brokers, topics, codec) == expected_after, 60,
+                     "the tables under the changed rules, with no new event")
+            removed = sorted(set(expected_before[1]) - set(expected_after[1]))
+            assert removed and all(k.startswith(("walmart|", "pickup|")) for k in removed)
+            assert any(k.startswith("stores|") for k in expected_after[1])
+            wait_for(lambda: {k: v for k, v in replica_channels(client, all_keys).items()
+                              if v is not None} == expected_after[1], 60,
+                     "the replica to serve the changed rules' numbers and drop removed keys")
+        finally:
+            assert engine.stop() == 0, engine.log()
+
+        # the same rules again: a plain restart republishes nothing
+        counts = (record_count(brokers, topics.positions),
+                  record_count(brokers, topics.channels))
+        engine = engine_factory(topics, after).start()
+        try:
+            wait_for(lambda: "recovery" in engine.log(), 30, "the engine to start")
+            time.sleep(4)
+        finally:
+            assert engine.stop() == 0, engine.log()
+        assert (record_count(brokers, topics.positions),
+                record_count(brokers, topics.channels)) == counts
+    finally:
+        client.close()
+        api.terminate()
+        api.wait(30)
