@@ -81,6 +81,7 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
     tune_garbage_collector()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + (process_id or 0))
+    os.environ["RUST_BACKTRACE"] = "0"  # a failing step is reported below, by name
     try:
         cli_main(
             build_flow(settings, context),
