@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -24,7 +25,7 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows import metrics
-from dataflows.domain.rules import load_rules
+from dataflows.domain.rules import RulesError, load_rules
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
 from dataflows.settings import EngineSettings
@@ -41,11 +42,38 @@ def ensure_recovery_dir(path: Path, partitions: int) -> bool:
     return True
 
 
+RELOAD_REQUESTED = threading.Event()
+"""Set on SIGHUP with a valid rules file: the engine stops cleanly, then the command
+starts itself again in the same process (``exec``), which republishes what the new rules
+change (see docs/semantics.md)."""
+
+
 def _request_stop(signum: int, frame: object) -> None:
     """First signal: let the flow drain and finish its epoch; a second one aborts."""
     if STOP_REQUESTED.is_set():
         raise KeyboardInterrupt
     STOP_REQUESTED.set()
+
+
+def rules_reload_accepted(rules_path: Path, current_fingerprint: str) -> bool:
+    """Check the rules file a SIGHUP asks for; say why it is not taken when it is not.
+
+    A file that does not load leaves the engine running on the rules it has: a typo in
+    a reload must not stop availability.
+    """
+    try:
+        fingerprint = load_rules(rules_path).fingerprint()
+    except (RulesError, OSError) as exc:
+        print(f"engine: SIGHUP: rules not reloaded, still running with the previous ones: "
+              f"{exc}", file=sys.stderr, flush=True)
+        return False
+    if fingerprint == current_fingerprint:
+        print(f"engine: SIGHUP: {rules_path} has the rules in use; nothing to reload",
+              flush=True)
+        return False
+    print(f"engine: SIGHUP: reloading rules from {rules_path}: stopping cleanly, then "
+          "restarting in place", flush=True)
+    return True
 
 
 def tune_garbage_collector() -> None:
@@ -68,6 +96,15 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
         signal.signal(sig, _request_stop)
     rules = load_rules(settings.rules_path)
     context = RunContext(rules, rules.fingerprint())
+    if process_id is None:
+        def reload(signum: int, frame: object) -> None:
+            if rules_reload_accepted(settings.rules_path, context.rules_fingerprint):
+                RELOAD_REQUESTED.set()
+                STOP_REQUESTED.set()
+
+        signal.signal(signal.SIGHUP, reload)
+    else:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervising parent reloads
     recovery = None
     if settings.recovery_dir is not None:
         state_dir = RecoveryDir(settings.recovery_dir, process_id or 0)
@@ -140,8 +177,13 @@ def _stop_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)
 
 
-def run_cluster(member_argv: Sequence[str], processes: int) -> int:
-    """Start ``processes`` members (``member_argv`` + --process-id/--addresses) and supervise."""
+def run_cluster(member_argv: Sequence[str], processes: int, rules_path: Path | None = None
+                ) -> int:
+    """Start ``processes`` members (``member_argv`` + --process-id/--addresses) and supervise.
+
+    SIGHUP with a valid, changed ``rules_path`` stops the members cleanly and sets
+    :data:`RELOAD_REQUESTED`, for the caller to start the cluster again.
+    """
     addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(processes))
     children = [
         subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses],
@@ -154,7 +196,15 @@ def run_cluster(member_argv: Sequence[str], processes: int) -> int:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
 
+    fingerprint = load_rules(rules_path).fingerprint() if rules_path is not None else ""
+
+    def reload(signum: int, frame: object) -> None:
+        if rules_path is not None and rules_reload_accepted(rules_path, fingerprint):
+            RELOAD_REQUESTED.set()
+            stop_children()
+
     previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.2)

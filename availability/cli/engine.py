@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "changed snapshots to the compacted topics. Recovery is on: state and input "
             "offsets are snapshotted into --recovery-dir every epoch, so a restart after "
             "a crash resumes as if every event was applied exactly once. SIGINT/SIGTERM "
-            "stop it cleanly."
+            "stop it cleanly. SIGHUP reloads --rules: a file that does not load is refused "
+            "and the engine runs on; a changed one makes the engine stop cleanly and start "
+            "again in the same process, republishing every number the change affects."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -118,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
     if args.processes == 1:
         return _run_member(settings)
     argv = [*member_command(), *_member_args(args)]
-    return run_cluster(argv, args.processes)
+    code = run_cluster(argv, args.processes, args.rules)
+    if code == 0:
+        _restart_if_reload_requested()
+    return code
 
 
 def _run_member(settings: EngineSettings, process_id: int | None = None,
@@ -134,7 +139,23 @@ def _run_member(settings: EngineSettings, process_id: int | None = None,
         print("engine: aborted", flush=True)
         return 130
     print("engine: stopped cleanly", flush=True)
+    if process_id is None:
+        _restart_if_reload_requested()
     return 0
+
+
+def _restart_if_reload_requested() -> None:
+    """After a SIGHUP reload's clean stop: the same command again, in this process."""
+    import os
+    import sys
+
+    from dataflows.runner import RELOAD_REQUESTED, member_command
+
+    if RELOAD_REQUESTED.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        command = member_command()
+        os.execv(command[0], [*command, *sys.argv[1:]])
 
 
 def _member_args(args: argparse.Namespace) -> list[str]:

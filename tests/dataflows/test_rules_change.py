@@ -6,6 +6,7 @@ tombstones, on the topics and in an API replica reading them."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -190,3 +191,38 @@ def test_restart_with_changed_rules_republishes_without_events(
         client.close()
         api.terminate()
         api.wait(30)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sighup_reloads_the_rules_and_refuses_a_broken_file(
+        processes: int, brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
+        engine_factory: Callable[..., Any], wait_for: Callable[..., Any],
+        publish_events: Callable[..., int]) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(BEFORE)
+    stream = events()
+    expected_before = fold_in_process(stream, load_rules(rules))
+    publish_events(topics.events, stream)
+    engine = engine_factory(topics, rules, processes=processes).start()
+    try:
+        wait_for(lambda: topic_tables(brokers, topics, codec) == expected_before, 60,
+                 "the tables under the first rules")
+        pid = engine.process.pid
+
+        rules.write_text(BEFORE + "\n[channels.broken]\nallocation = 7\n")
+        engine.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "rules not reloaded" in engine.log(), 20,
+                 "the engine to refuse the broken rules file")
+        assert "allocation" in engine.log()
+        time.sleep(1)
+        assert engine.process.poll() is None, engine.log()
+
+        rules.write_text(AFTER)
+        engine.process.send_signal(signal.SIGHUP)
+        expected_after = fold_in_process(stream, load_rules(rules))
+        wait_for(lambda: topic_tables(brokers, topics, codec) == expected_after, 90,
+                 "the tables under the reloaded rules")
+        assert engine.process.poll() is None and engine.process.pid == pid, engine.log()
+        assert "reloading rules" in engine.log()
+    finally:
+        assert engine.stop() == 0, engine.log()
