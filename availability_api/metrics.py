@@ -5,9 +5,11 @@ Collected by a server interceptor, so the servicer stays free of bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -32,11 +34,25 @@ REPLICA_LAG = Gauge(
 )
 
 
-def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+DEADLINE_SLACK = 0.1
+"""Seconds before its deadline within which a cancelled call counts as DEADLINE_EXCEEDED."""
+
+
+def _code(context: grpc.aio.ServicerContext, outcome: BaseException | None) -> str:
+    """The status a finished call is counted under.
+
+    grpc ends a call the client cancelled, or whose deadline passed, by cancelling the
+    handler, without a code on the context: the deadline tells the two apart.
+    """
     code = context.code()
-    if code is None:
-        return "UNKNOWN" if failed else "OK"
-    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if code is not None:
+        return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if isinstance(outcome, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= DEADLINE_SLACK:
+            return "DEADLINE_EXCEEDED"
+        return "CANCELLED"
+    return "OK" if outcome is None else "UNKNOWN"
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -68,14 +84,15 @@ def _timed_unary(method: str, inner: Callable[..., Awaitable[Any]]
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        failed = True
+        outcome: BaseException | None = None
         try:
-            response = await inner(request, context)
-            failed = False
-            return response
+            return await inner(request, context)
+        except BaseException as exc:
+            outcome = exc
+            raise
         finally:
             latency.observe(time.perf_counter() - started)
-            REQUESTS.labels(method, _code(context, failed)).inc()
+            REQUESTS.labels(method, _code(context, outcome)).inc()
 
     return call
 
@@ -86,14 +103,17 @@ def _timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        failed = True
+        outcome: BaseException | None = None
         try:
-            async for item in inner(request, context):
-                yield item
-            failed = False
+            async with aclosing(inner(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except BaseException as exc:  # GeneratorExit: closed while a response was sent
+            outcome = exc
+            raise
         finally:
             latency.observe(time.perf_counter() - started)
-            REQUESTS.labels(method, _code(context, failed)).inc()
+            REQUESTS.labels(method, _code(context, outcome)).inc()
 
     return call
 

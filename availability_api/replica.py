@@ -30,11 +30,13 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
 from availability.topics import TopicNames
 from availability_api import frames
-from availability_api.store import ReplicaStore, StoreChanges, TopicPartitionKey
+from availability_api.store import ReplicaStore, StoreChanges, StoreError, TopicPartitionKey
 
 log = logging.getLogger("availability.api.replica")
 
 ChangeListener = Callable[[list[tuple[str, bytes]]], None]
+Pending = dict[str, tuple[bytes | None, int, bool]]
+"""Key -> (frame or None for a tombstone, version, a tombstone came first in the batch)."""
 
 CONSUMER_CONFIG: dict[str, Any] = {
     "group.id": "availability-api-replica",  # required by librdkafka; never joined
@@ -108,6 +110,9 @@ class Replica:
                 self._consume(consumer)
             finally:
                 consumer.close()
+        except StoreError as exc:  # full disk, read-only volume: the text says which
+            self.failure = exc
+            log.error("replica stopped: %s", exc)
         except BaseException as exc:
             self.failure = exc
             log.exception("replica stopped on an error")
@@ -202,8 +207,8 @@ class Replica:
 
     def _apply(self, messages: Sequence[Message]) -> None:
         changes = StoreChanges()
-        channels: dict[str, tuple[bytes | None, int]] = {}
-        positions: dict[str, tuple[bytes | None, int]] = {}
+        channels: Pending = {}
+        positions: Pending = {}
         for message in messages:
             error = message.error()
             key = (message.topic(), message.partition())
@@ -258,8 +263,8 @@ class Replica:
             return None
         return raw.decode("utf-8", errors="replace")
 
-    def _fold_channel(self, message: Message, pending: dict[str, tuple[bytes | None, int]],
-                      changes: StoreChanges) -> None:
+    def _fold_channel(self, message: Message, pending: Pending, changes: StoreChanges
+                      ) -> None:
         if message.value() is None:
             key = self._tombstone_key(message)
             if key is not None:
@@ -276,8 +281,7 @@ class Replica:
         if channel not in self.channel_kinds and channel not in changes.kinds:
             changes.kinds[channel] = record["location_id"] is not None
 
-    def _fold_position(self, message: Message,
-                       pending: dict[str, tuple[bytes | None, int]]) -> None:
+    def _fold_position(self, message: Message, pending: Pending) -> None:
         if message.value() is None:
             key = self._tombstone_key(message)
             if key is not None:
@@ -290,29 +294,33 @@ class Replica:
         if self._newer(pending, key, record["version"]):
             self._supersede(pending, key, frames.position_frame(record), record["version"])
 
-    def _newer(self, pending: dict[str, tuple[bytes | None, int]], key: str,
-               version: int) -> bool:
+    def _newer(self, pending: Pending, key: str, version: int) -> bool:
         held = pending.get(key)
         if held is not None and held[0] is not None and held[1] >= version:
             self.records_skipped += 1
             return False
         return True
 
-    def _supersede(self, pending: dict[str, tuple[bytes | None, int]], key: str,
-                   frame: bytes | None, version: int) -> None:
-        """Make ``frame`` the pending value of ``key``; a replaced one counts as skipped."""
-        if key in pending:
-            self.records_skipped += 1
-        pending[key] = (frame, version)
+    def _supersede(self, pending: Pending, key: str, frame: bytes | None,
+                   version: int) -> None:
+        """Make ``frame`` the pending value of ``key``; a replaced one counts as skipped.
 
-    def _keep_newer(self, pending: dict[str, tuple[bytes | None, int]],
-                    read: Callable[[Sequence[str]], list[bytes | None]],
+        A record after a tombstone of the same batch follows a deletion, as it would in
+        the next batch: it is not compared with the stored value.
+        """
+        held = pending.get(key)
+        if held is not None:
+            self.records_skipped += 1
+        pending[key] = (frame, version, frame is None or (held is not None and held[2]))
+
+    def _keep_newer(self, pending: Pending, read: Callable[[Sequence[str]], list[bytes | None]],
                     version_of: Callable[[bytes], int],
                     out: dict[str, bytes | None]) -> None:
         """Move into ``out`` the pending values newer than the stored ones."""
-        keys = [key for key, (frame, _) in pending.items() if frame is not None]
+        keys = [key for key, (frame, _, cleared) in pending.items()
+                if frame is not None and not cleared]
         stored = dict(zip(keys, read(keys), strict=True)) if keys else {}
-        for key, (frame, version) in pending.items():
+        for key, (frame, version, _) in pending.items():
             held = stored.get(key)
             if frame is not None and held is not None and version_of(held) >= version:
                 self.records_skipped += 1

@@ -32,12 +32,13 @@ from availability.codec import Codec
 from availability.topics import TopicNames
 from availability_api import metrics
 from availability_api.credentials import ServerTls, server_credentials
+from availability_api.decoding import RequestDecodingInterceptor
 from availability_api.feed import ChangeFeed
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
 from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer
-from availability_api.store import ReplicaStore
+from availability_api.store import ReplicaStore, StoreError
 
 log = logging.getLogger("availability.api")
 
@@ -94,8 +95,9 @@ class ApiServer:
             self.replica.on_caught_up = lambda: self._from_thread(loop, self._mark_serving)
             self.replica.on_stopped = lambda failure: self._from_thread(
                 loop, self._replica_stopped.set)
-            self._server = grpc.aio.server(options=SERVER_OPTIONS,
-                                           interceptors=[MetricsInterceptor()])
+            self._server = grpc.aio.server(  # outermost first: undecodable ones are counted
+                options=SERVER_OPTIONS,
+                interceptors=[MetricsInterceptor(), RequestDecodingInterceptor()])
             pb_grpc.add_AvailabilityServiceServicer_to_server(
                 AvailabilityServicer(self.store, self.replica, self.feed), self._server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -151,7 +153,11 @@ class ApiServer:
         log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
     async def serve(self, stop: asyncio.Event) -> int:
-        """Start, run until ``stop`` is set or the replica fails, then drain; exit code."""
+        """Start, run until ``stop`` is set or the replica fails, then drain; exit code.
+
+        A replica stopped by its data dir (disk full, volume gone read-only) re-raises
+        that :class:`StoreError` after the shutdown, for the CLI to print as one line.
+        """
         await self.start()
         stop_wait = asyncio.ensure_future(stop.wait())
         failed_wait = asyncio.ensure_future(self._replica_stopped.wait())
@@ -160,6 +166,8 @@ class ApiServer:
         failed_wait.cancel()
         failure = self.replica.failure if self.replica else None
         await self.stop(drain=failure is None)
+        if isinstance(failure, StoreError):
+            raise failure
         return 1 if failure is not None else 0
 
     async def stop(self, drain: bool = True) -> None:
@@ -177,7 +185,10 @@ class ApiServer:
             await asyncio.to_thread(self.replica.stop)
         if self.store is not None:
             if self.replica is None or self.replica.stopped.is_set():
-                self.store.close()
+                try:
+                    self.store.close()
+                except StoreError as exc:  # after a failed write: nothing left to save
+                    log.error("%s", exc)
             else:  # stuck on an unreachable broker: leave the store to process exit
                 log.warning("replica did not stop in time; store left open")
             self.store = None

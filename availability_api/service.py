@@ -33,6 +33,7 @@ from availability_api.validation import (
     check_id,
     check_ids,
     check_location,
+    quoted,
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
@@ -58,7 +59,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if channel not in kinds:
             known = ", ".join(sorted(kinds)) or "none yet"
             raise UnknownChannel(
-                f"channel {channel!r} is unknown to this replica (channels: {known})")
+                f"channel {quoted(channel)} is unknown to this replica (channels: {known})")
         check_location(location_id, kinds[channel], channel)
         return [frames.channel_key(channel, sku, location_id) for sku in skus]
 

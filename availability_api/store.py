@@ -14,14 +14,26 @@ Values and the offsets that produced them are written in one WriteBatch, so afte
 crash the store holds exactly the records up to its stored offsets and a restart
 resumes there. A data dir remembers which topics it was built from and refuses others,
 so two sources never mix in one store.
+
+One writer per data dir: ``replica.lock`` next to the RocksDB files holds the pid of
+the replica that has it open, under an ``flock``. The kernel drops the lock when that
+process dies (kill -9 included), so a stale file never blocks a restart, and two
+stores opened by one process conflict too (RocksDB's own ``LOCK`` would refuse the
+second one only with a raw IO error).
+
+Every failure to use the data dir (in use, not writable, disk full) is a
+:class:`StoreError` whose text names the path: one line for the operator.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
@@ -35,12 +47,22 @@ TOPICS = b"m:topics"
 POOLED = b"pooled"
 PER_LOCATION = b"per-location"
 _OFFSET = struct.Struct(">q")
+LOCK_FILE = "replica.lock"
 
 TopicPartitionKey = tuple[str, int]
+T = TypeVar("T")
 
 
-class StoreMismatch(RuntimeError):
+class StoreError(RuntimeError):
+    """The data dir cannot be used; the message names the path and what is wrong."""
+
+
+class StoreMismatch(StoreError):
     """The data dir was built from other topics than the ones configured."""
+
+
+class DataDirInUse(StoreError):
+    """Another replica, in this process or another, has the data dir open."""
 
 
 @dataclass
@@ -65,26 +87,81 @@ def _options() -> Options:
     return options
 
 
+def _claim(path: Path) -> int:
+    """Create the data dir and take its writer lock; the descriptor holding the lock."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create data dir {path}: {exc.strerror or exc}") from None
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(f"data dir {path} is not writable: cannot open {lock_path.name}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+        os.close(fd)
+        if holder == str(os.getpid()):
+            holder += ", this process"
+        raise DataDirInUse(
+            f"data dir {path} is in use by another replica (pid {holder}, lock "
+            f"{lock_path.name}); stop it first, or give this replica its own --data-dir"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"cannot write {lock_path}: {exc.strerror or exc}") from None
+    return fd
+
+
 class ReplicaStore:
     """Point and prefix reads for the servicer, atomic batch writes for the replica."""
 
     def __init__(self, path: Path, positions_topic: str, channels_topic: str) -> None:
-        path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = Rdict(str(path), _options())
-        source = f"{positions_topic}{DELIMITER}{channels_topic}".encode()
-        stored = self._db.get(TOPICS)
-        if stored is None:
-            self._db.put(TOPICS, source)
-        elif stored != source:
-            self._db.close()
-            raise StoreMismatch(
-                f"data dir {path} holds snapshots of topics {stored.decode()!r}, not "
-                f"{source.decode()!r}; use another --data-dir for other topics"
-            )
+        self._lock: int | None = _claim(path)
+        try:
+            self._db = self._rocks("open", lambda: Rdict(str(path), _options()))
+            source = f"{positions_topic}{DELIMITER}{channels_topic}".encode()
+            stored = self._db.get(TOPICS)
+            if stored is None:
+                self._rocks("write to", lambda: self._db.put(TOPICS, source))
+            elif stored != source:
+                self._db.close()
+                raise StoreMismatch(
+                    f"data dir {path} holds snapshots of topics {stored.decode()!r}, not "
+                    f"{source.decode()!r}; use another --data-dir for other topics"
+                )
+        except BaseException:
+            self._release()
+            raise
+
+    def _rocks(self, action: str, call: Callable[[], T]) -> T:
+        """``call()``; RocksDB's failures (a bare Exception) as a StoreError naming the dir."""
+        try:
+            return call()
+        except Exception as exc:
+            raise StoreError(f"cannot {action} the replica store in {self.path}: {exc}"
+                             ) from None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def close(self) -> None:
-        self._db.close()
+        """Close RocksDB (flushing it), then release the data dir even if that failed."""
+        if self._lock is None:
+            return
+        try:
+            self._rocks("close", self._db.close)
+        finally:
+            self._release()
 
     def _prefixed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
@@ -135,4 +212,4 @@ class ReplicaStore:
             batch.put(KIND + channel.encode(), PER_LOCATION if per_location else POOLED)
         for (topic, partition), offset in changes.offsets.items():
             batch.put(OFFSET + f"{topic}{DELIMITER}{partition}".encode(), _OFFSET.pack(offset))
-        self._db.write(batch)
+        self._rocks("write to", lambda: self._db.write(batch))

@@ -1,7 +1,9 @@
 """Request limits and checks shared by the servicer and the client.
 
 Ids are joined with ``|`` into store and Kafka keys, so an id containing it could
-read another key: such ids are refused, like empty ones, before any lookup.
+read another key: such ids are refused, like empty ones, before any lookup. Error texts
+quote what the client sent through :func:`quoted`, so a 100 KB id cannot make a 100 KB
+status message.
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ from collections.abc import Sequence
 DELIMITER = "|"
 MAX_SKUS = 1000
 MAX_LOCATION_IDS = 1000
+QUOTE_LIMIT = 64
 
 
 class InvalidRequest(ValueError):
     """A request the API refuses with INVALID_ARGUMENT; the text is the client's message."""
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error text; beyond ``limit`` characters a prefix, ``…`` and
+    the full length."""
+    if len(value) <= limit:
+        return repr(value)
+    head = repr(value[:limit])
+    return f"{head[:-1]}…{head[-1]} ({len(value)} characters)"
 
 
 def check_id(field: str, value: str) -> str:
@@ -22,7 +34,8 @@ def check_id(field: str, value: str) -> str:
     if not value:
         raise InvalidRequest(f"{field} is required (got an empty string)")
     if DELIMITER in value:
-        raise InvalidRequest(f"{field} {value!r} contains {DELIMITER!r}, the key delimiter")
+        raise InvalidRequest(
+            f"{field} {quoted(value)} contains {DELIMITER!r}, the key delimiter")
     return value
 
 
@@ -49,12 +62,12 @@ def check_location(location_id: str, per_location: bool, channel: str) -> None:
     if per_location:
         if not location_id:
             raise InvalidRequest(
-                f"channel {channel!r} is per-location (one number per store): "
+                f"channel {quoted(channel)} is per-location (one number per store): "
                 "location_id is required"
             )
         check_id("location_id", location_id)
     elif location_id:
         raise InvalidRequest(
-            f"channel {channel!r} is pooled (one number over its locations): "
-            f"omit location_id (got {location_id!r})"
+            f"channel {quoted(channel)} is pooled (one number over its locations): "
+            f"omit location_id (got {quoted(location_id)})"
         )

@@ -26,14 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "serve availability.v1.AvailabilityService from it, with grpc.health.v1 and "
             "server reflection. Offsets are stored with the data, so a restart resumes "
             "where it stopped; run as many replicas as you like, each with its own "
-            "--data-dir. Health is NOT_SERVING until the replica has caught up with the "
+            "--data-dir (a data dir another replica holds is refused, naming its pid). "
+            "Health is NOT_SERVING until the replica has caught up with the "
             "topics. SIGTERM/SIGINT: NOT_SERVING, drain, then stop cleanly (a second "
             "signal stops at once)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-dir", required=True, type=Path,
-                        help="the replica's RocksDB (created on first run)")
+                        help="the replica's RocksDB (created on first run; one replica "
+                             "at a time)")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free one)")
     parser.add_argument("--host", default="[::]", help="address to listen on")
     add_brokers_argument(parser)
@@ -59,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from availability_api.credentials import TlsError, server_tls
     from availability_api.server import ApiServer, ApiSettings
-    from availability_api.store import StoreMismatch
+    from availability_api.store import StoreError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     if not 0 <= args.port <= 65535:
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(_serve(ApiServer(settings)))
-    except (StoreMismatch, TlsError, OSError) as exc:
+    except (StoreError, TlsError, OSError) as exc:
         raise CommandError(str(exc)) from exc
 
 

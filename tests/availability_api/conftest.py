@@ -147,6 +147,17 @@ class SnapshotPublisher:
                              f"{record['sku']}|{record['location_id']}")
         return producer.confirm()
 
+    def delete(self, topics: TopicNames, channel_keys: Sequence[str] = (),
+               position_keys: Sequence[str] = ()) -> int:
+        """Tombstones (null values), as the engine writes for keys its rules no longer give."""
+        producer = ConfirmedProducer(self.brokers,
+                                     {"topic.metadata.refresh.fast.interval.ms": 20})
+        for key in channel_keys:
+            producer.produce(topics.channels, None, key)
+        for key in position_keys:
+            producer.produce(topics.positions, None, key)
+        return producer.confirm()
+
 
 def fresh_topics(brokers: str, label: str) -> TopicNames:
     """Topics under unique names, for fixtures wider than one test (``topics`` is not)."""

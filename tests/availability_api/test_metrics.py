@@ -1,4 +1,4 @@
-"""The API replica's Prometheus endpoint: requests by method and code, latency, lag."""
+"""The API replica's Prometheus metrics: requests by method and code, latency, lag."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from availability.codec import CHANNEL_SCHEMA, Codec
 from availability.delivery import ConfirmedProducer
 from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
+
+from .conftest import RunningApi, SnapshotPublisher, channel_record
 
 pytestmark = pytest.mark.kafka
 
@@ -67,3 +71,43 @@ def _serving(client: AvailabilityClient) -> bool:
         return client.health() == "SERVING"
     except ApiError:
         return False
+
+
+def _count(method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value("availability_api_requests_total",
+                                      {"method": method, "code": code})
+    return value or 0.0
+
+
+def test_cancelled_expired_and_undecodable_calls_are_counted_by_their_status(
+        topics: TopicNames, snapshots: SnapshotPublisher,
+        api_factory: Callable[..., RunningApi], wait_for: Callable[..., Any]) -> None:
+    snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 5, 1)])
+    api = api_factory(topics)
+    api.wait_serving()
+    codes = ("OK", "UNKNOWN", "CANCELLED", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT")
+    before = {code: _count("WatchAvailability", code) for code in codes}
+    get_invalid = _count("GetAvailability", "INVALID_ARGUMENT")
+
+    with api.client() as client:
+        cancelled = client.watch("web", ["SKU-1"])
+        assert next(iter(cancelled)).availability.ats == 5
+        cancelled.cancel()
+        expired = iter(client.watch("web", ["SKU-1"], timeout=0.5))
+        assert next(expired).availability.ats == 5
+        with pytest.raises(ApiError):
+            next(expired)
+    with grpc.insecure_channel(api.target) as channel:
+        for method in ("GetAvailability", "WatchAvailability"):
+            call = channel.unary_stream if method.startswith("Watch") else channel.unary_unary
+            with pytest.raises(grpc.RpcError):
+                list(call(f"/availability.v1.AvailabilityService/{method}",
+                          request_serializer=None, response_deserializer=None)(
+                              b"\xff\xff", timeout=5))
+
+    expected = {**before, "CANCELLED": before["CANCELLED"] + 1,
+                "DEADLINE_EXCEEDED": before["DEADLINE_EXCEEDED"] + 1,
+                "INVALID_ARGUMENT": before["INVALID_ARGUMENT"] + 1}
+    wait_for(lambda: {code: _count("WatchAvailability", code) for code in codes} == expected,
+             10, "the watches to be counted by their status")
+    assert _count("GetAvailability", "INVALID_ARGUMENT") == get_invalid + 1

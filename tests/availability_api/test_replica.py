@@ -117,3 +117,89 @@ def test_a_data_dir_refuses_other_topics(tmp_path: Path) -> None:
     ReplicaStore(tmp_path, "a.positions", "a.channels").close()
     with pytest.raises(StoreMismatch, match=r"a\.positions\|a\.channels"):
         ReplicaStore(tmp_path, "b.positions", "b.channels")
+
+
+def test_a_tombstone_deletes_the_key_and_a_newer_record_recreates_it(
+        topics: TopicNames, snapshots: SnapshotPublisher, api_factory: Callable[..., Any],
+        wait_for: Callable[..., Any]) -> None:
+    snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 5, 1),
+                                        channel_record("web", "SKU-2", 8, 1)],
+                      positions=[position_record("SKU-1", "DC1", 5, 1)])
+    api = api_factory(topics)
+    api.wait_serving()
+    store = api.server.store
+    with api.client() as client:
+        watch = client.watch("web", ["SKU-1"], timeout=20)
+        stream = iter(watch)
+        assert next(stream).availability.found
+
+        snapshots.delete(topics, channel_keys=["web|SKU-1"], position_keys=["SKU-1|DC1"])
+        deleted = next(stream).availability
+        assert (deleted.found, deleted.ats, deleted.version) == (False, 0, 0)
+        wait_for(lambda: not client.list_positions("SKU-1").positions, 10,
+                 "the position tombstone to be applied")
+        assert store.channel_frame("web|SKU-1") is None
+        assert store.position_frames("SKU-1") == []
+        answer = client.get("web", "SKU-1").availability
+        assert (answer.found, answer.ats) == (False, 0)
+        assert client.get("web", "SKU-2").availability.ats == 8
+
+        snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 9, 2)],
+                          positions=[position_record("SKU-1", "DC1", 9, 2)])
+        recreated = next(stream).availability
+        watch.cancel()
+        assert (recreated.found, recreated.ats, recreated.version) == (True, 9, 2)
+        assert client.get("web", "SKU-1").availability.ats == 9
+        wait_for(lambda: client.list_positions("SKU-1").positions, 10,
+                 "the position to be re-created")
+        assert store.channel_frame("web|SKU-1") is not None
+
+
+def test_a_record_after_a_tombstone_is_applied_whatever_the_batch_boundaries(
+        topics: TopicNames, snapshots: SnapshotPublisher, api_factory: Callable[..., Any],
+        wait_for: Callable[..., Any], tmp_path: Path) -> None:
+    """After a deletion the replica holds no version to compare with, so a record that
+    follows a tombstone counts whether both arrive in one batch or in two."""
+    snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 30, 3)])
+    first = api_factory(topics, tmp_path / "replica")
+    first.wait_serving()
+    first.stop()
+    snapshots.delete(topics, channel_keys=["web|SKU-1"])
+    snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 10, 1)])
+    second = api_factory(topics, tmp_path / "replica")  # both records in one backlog
+    second.wait_serving()
+    with second.client() as client:
+        value = client.get("web", "SKU-1").availability
+    assert (value.found, value.ats, value.version) == (True, 10, 1)
+
+
+ENGINE_VERSION = 1_796_110_561_420_769  # microseconds since the epoch, as the engine numbers
+INT64_MAX = 2**63 - 1
+
+
+def test_engine_sized_versions_are_kept_exactly(
+        topics: TopicNames, snapshots: SnapshotPublisher, api_factory: Callable[..., Any],
+        wait_for: Callable[..., Any]) -> None:
+    snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 5, ENGINE_VERSION),
+                                        channel_record("web", "SKU-2", 6, INT64_MAX - 1)],
+                      positions=[position_record("SKU-1", "DC1", 5, INT64_MAX - 1)])
+    api = api_factory(topics)
+    api.wait_serving()
+    snapshots.publish(topics, channels=[
+        channel_record("web", "SKU-1", 7, ENGINE_VERSION + 1),  # newer by one: applied
+        channel_record("web", "SKU-1", 1, ENGINE_VERSION),  # same: dropped
+        channel_record("web", "SKU-2", 8, INT64_MAX),
+    ], positions=[position_record("SKU-1", "DC1", 1, INT64_MAX - 2),  # older: dropped
+                  position_record("SKU-1", "DC1", 9, INT64_MAX)])
+    wait_for(lambda: api.replica.lag == 0 and api.replica.records_read == 8, 20,
+             "the newer records to be read")
+    with api.client() as client:
+        values = {v.sku: (v.ats, v.version)
+                  for v in client.batch_get("web", ["SKU-1", "SKU-2"]).results}
+        (position,) = client.list_positions("SKU-1").positions
+        with client.watch("web", ["SKU-1"], timeout=10) as watch:
+            watched = next(iter(watch)).availability.version
+    assert values == {"SKU-1": (7, ENGINE_VERSION + 1), "SKU-2": (8, INT64_MAX)}
+    assert (position.on_hand, position.version) == (9, INT64_MAX)
+    assert watched == ENGINE_VERSION + 1
+    assert api.replica.records_skipped == 2

@@ -154,3 +154,66 @@ def test_requests_past_their_deadline_get_deadline_exceeded_and_do_not_wedge(
         for _ in range(20):
             assert client.get("web", "SKU-1", timeout=1.0).availability.ats == 5
         assert client.health() == "SERVING"
+
+
+SERVICE = "/availability.v1.AvailabilityService"
+UNDECODABLE: list[tuple[str, bytes]] = [
+    ("GetAvailability", b"\xff\xff\xff\xff\xff\xff"),  # not protobuf at all
+    ("GetAvailability", b"\x0a\x02\xff\xfe"),  # channel: invalid UTF-8
+    ("BatchGetAvailability", b"\x12\x09SKU"),  # a sku cut short
+    ("ListPositions", b"\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80"),  # endless varint
+    ("WatchAvailability", b"\xff\xff\xff\xff"),
+]
+
+
+@pytest.mark.parametrize(("method", "raw"), UNDECODABLE,
+                         ids=[f"{m}-{i}" for i, (m, _) in enumerate(UNDECODABLE)])
+def test_bytes_that_do_not_decode_get_invalid_argument(api: RunningApi, method: str,
+                                                       raw: bytes) -> None:
+    with grpc.insecure_channel(api.target) as channel:
+        if method == "WatchAvailability":
+            call = channel.unary_stream(f"{SERVICE}/{method}", request_serializer=None,
+                                        response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as caught:
+                list(call(raw, timeout=5))
+        else:
+            call = channel.unary_unary(f"{SERVICE}/{method}", request_serializer=None,
+                                       response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as caught:
+                call(raw, timeout=5)
+        get = channel.unary_unary(f"{SERVICE}/GetAvailability", request_serializer=None,
+                                  response_deserializer=None)
+        answer = get(Get(channel="web", sku="SKU-1").SerializeToString(), timeout=5)
+    assert caught.value.code() == INVALID
+    details = caught.value.details()
+    assert details.startswith(f"{method}: the request ({len(raw)} bytes) does not decode: ")
+    assert f"availability.v1.{method}Request" in details
+    assert len(details) < 300
+    assert pb.GetAvailabilityResponse.FromString(answer).availability.ats == 5
+
+
+HUGE = 100_000
+OVERSIZED: list[tuple[str, Any, grpc.StatusCode, str]] = [
+    ("GetAvailability", Get(channel="C" * HUGE, sku="SKU-1"), grpc.StatusCode.NOT_FOUND,
+     f"channel '{'C' * 64}…' ({HUGE} characters) is unknown to this replica"),
+    ("GetAvailability", Get(channel="web", sku="S" * HUGE + "|"), INVALID,
+     f"sku '{'S' * 64}…' ({HUGE + 1} characters) contains '|'"),
+    ("GetAvailability", Get(channel="web", sku="SKU-1", location_id="L" * HUGE), INVALID,
+     f"omit location_id (got '{'L' * 64}…' ({HUGE} characters))"),
+    ("BatchGetAvailability", Batch(channel="web", skus=["A", "|" * HUGE]), INVALID,
+     f"skus[1] '{'|' * 64}…' ({HUGE} characters) contains '|'"),
+    ("ListPositions", Positions(sku="SKU-1", location_ids=["DC1", "X" * HUGE + "|"]),
+     INVALID, f"location_ids[1] '{'X' * 64}…' ({HUGE + 1} characters) contains '|'"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "code", "message"), OVERSIZED,
+                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(OVERSIZED)])
+def test_error_texts_quote_only_a_short_prefix_of_oversized_input(
+        stub: pb_grpc.AvailabilityServiceStub, method: str, request_: Any,
+        code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(stub, method)(request_, timeout=5)
+    assert caught.value.code() == code
+    assert message in caught.value.details()
+    assert len(caught.value.details()) < 300
