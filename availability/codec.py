@@ -29,6 +29,7 @@ from typing import Any
 import fastavro
 
 from availability import avro_writer
+from availability.avro_reader import read_inventory_event
 from dataflows.domain.events import InvalidEvent, InventoryEvent, parse_event, shorten
 
 EVENT_SCHEMA = "InventoryEvent"
@@ -67,7 +68,7 @@ class RegistryError(RuntimeError):
     def retryable(self) -> bool:
         """Anything but "not found" or "schema refused" may succeed later: no answer, a
         server error, throttling, or credentials being fixed (401/403)."""
-        return self.status not in (404, 409, 422)
+        return self.status not in (404, 409, 415, 422)
 
 
 class RegistryRetries:
@@ -167,10 +168,21 @@ class SchemaRegistry:
         return self._ids[key]
 
     def writer_schema(self, schema_id: int) -> Any:
+        """The parsed Avro schema of ``schema_id``; a schema that is not Avro (Protobuf,
+        JSON Schema) or does not parse is refused like an unknown id."""
         if schema_id not in self._schemas:
             answer = self._request("GET", f"/schemas/ids/{schema_id}")
-            parsed = json.loads(answer["schema"])
-            self._schemas[schema_id] = fastavro.parse_schema(_strip_logical_types(parsed))
+            kind = answer.get("schemaType", "AVRO") if isinstance(answer, dict) else None
+            if kind != "AVRO":
+                raise RegistryError(f"schema id {schema_id} is a {shorten(kind)} schema, "
+                                    "not Avro", 415)
+            try:
+                parsed = json.loads(answer["schema"])
+                self._schemas[schema_id] = fastavro.parse_schema(_strip_logical_types(parsed))
+            except Exception as exc:
+                raise RegistryError(f"schema id {schema_id} does not parse as Avro: "
+                                    f"{type(exc).__name__}: {shorten(str(exc), 120)}",
+                                    415) from None
         return self._schemas[schema_id]
 
 
@@ -181,6 +193,8 @@ class Codec:
                  retries: RegistryRetries | None = None) -> None:
         self.registry = SchemaRegistry(registry_url) if registry_url else None
         self.retries = retries or RegistryRetries()
+        self._own_event_ids: set[int] = set()
+        """Registry ids whose schema is exactly our InventoryEvent: read strictly."""
 
     def encode(self, schema: str, record: Mapping[str, Any] | tuple[Any, ...], topic: str
                ) -> bytes:
@@ -221,8 +235,10 @@ class Codec:
             try:
                 writer = self.retries.call(lambda: registry.writer_schema(schema_id))
             except RegistryError as exc:
-                raise InvalidEvent(f"schema id {schema_id} is unknown to the registry: {exc}",
+                raise InvalidEvent(f"schema id {schema_id} is unusable: {exc}",
                                    "unknown_schema") from None
+            if schema == EVENT_SCHEMA and writer == _parsed(EVENT_SCHEMA):
+                self._own_event_ids.add(schema_id)
             start = _HEADER.size
         body = io.BytesIO(data)
         body.seek(start)
@@ -244,6 +260,27 @@ class Codec:
         record = event.to_record() if isinstance(event, InventoryEvent) else event
         return self.encode(EVENT_SCHEMA, record, topic)
 
+    def _decode_event_record(self, data: bytes) -> dict[str, Any]:
+        """Our own contract goes through the strict reader; a registry writer schema
+        other than ours (a newer, compatible one) through fastavro's schema resolution."""
+        start = 0
+        if self.registry is not None:
+            if len(data) < _HEADER.size or data[0] != _MAGIC:
+                raise InvalidEvent("payload lacks the schema-registry header (magic byte 0)",
+                                   "undecodable")
+            _, schema_id = _HEADER.unpack_from(data)
+            if schema_id not in self._own_event_ids:
+                return self.decode(EVENT_SCHEMA, data)
+            start = _HEADER.size
+        try:
+            record, end = read_inventory_event(data, start)
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"cannot decode Avro {EVENT_SCHEMA}: {exc}", exc.code) from None
+        if end != len(data):
+            raise InvalidEvent(f"{len(data) - end} byte(s) follow the Avro {EVENT_SCHEMA} "
+                               "record", "trailing_bytes")
+        return record
+
     def decode_event(self, data: bytes | None) -> InventoryEvent:
         """Bytes to a validated event; raises :class:`InvalidEvent` with the DLQ reason."""
         if not data:
@@ -251,7 +288,7 @@ class Codec:
         if len(data) > MAX_RECORD_BYTES:
             raise InvalidEvent(f"record of {len(data):,} bytes is over the maximum of "
                                f"{MAX_RECORD_BYTES:,}", "too_large")
-        return parse_event(self.decode(EVENT_SCHEMA, data))
+        return parse_event(self._decode_event_record(data))
 
 
 def dead_letter_payload(key: bytes | None, value: bytes | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from availability.codec import (
     Codec,
     dead_letter_payload,
 )
-from dataflows.domain.events import InvalidEvent, InventoryEvent, check_event_time
+from dataflows.domain.events import InvalidEvent, InventoryEvent, check_event_time, shorten
 from dataflows.domain.inventory import SkuInventory
 from dataflows.domain.rules import Rules, load_rules
 from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot
@@ -69,6 +69,10 @@ def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: Source
     except InvalidEvent as exc:
         EVENTS.labels("unknown", "invalid").inc()
         return dead_letter(codec, dlq_topic, origin, str(exc), exc.code)
+    except Exception as exc:  # a decoder bug must not stop the flow on one record
+        EVENTS.labels("unknown", "invalid").inc()
+        reason = f"cannot decode: {type(exc).__name__}: {shorten(str(exc), 200)}"
+        return dead_letter(codec, dlq_topic, origin, reason, "undecodable")
     return event.sku, (event, origin)
 
 

@@ -78,7 +78,10 @@ REASON_CODES = (
 def shorten(value: object, limit: int = 64) -> str:
     """``repr`` of a value for an error message, cut to ``limit`` characters: reasons
     must stay readable however large the bad input is."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (over sys.int_info's digit limit)
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "?"
     if len(text) <= limit:
         return text
     length = len(value) if isinstance(value, (str, bytes)) else len(text)
