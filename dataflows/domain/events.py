@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 KEY_DELIMITER = "|"
 
 MAX_ID_LENGTH = 256
-"""Longest id (event_id, sku, location_id, transfer_id, reservation_id, channel, source),
-in characters: ids become Kafka keys and RocksDB keys, so they must stay small."""
+"""Longest id (event_id, sku, location_id, transfer_id, counterparty_location_id,
+reservation_id, channel) and ``source``, in characters: ids become Kafka keys and
+RocksDB keys, so they must stay small."""
 MAX_TEXT_LENGTH = 1024
 """Longest free text (``reason``), in characters."""
 MAX_QUANTITY = 1_000_000_000
@@ -175,13 +176,13 @@ def _check_string(name: str, value: Any, required: bool) -> None:
     if len(value) > limit:
         raise InvalidEvent(f"field {name!r} is {len(value)} characters long, over the "
                            f"maximum of {limit}: {shorten(value)}", "too_long")
-    if name in _ID_FIELDS and not value.isprintable() and not _printable_enough(value):
-        raise InvalidEvent(f"field {name!r} contains control characters: {shorten(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent(f"field {name!r} is not valid Unicode text (a lone surrogate): "
                            f"{shorten(value)}") from None
+    if name in _ID_FIELDS and not value.isprintable() and not _printable_enough(value):
+        raise InvalidEvent(f"field {name!r} contains control characters: {shorten(value)}")
     if KEY_DELIMITER in value and name in _ID_FIELDS:
         raise InvalidEvent(
             f"field {name!r} contains the key delimiter {KEY_DELIMITER!r}: {shorten(value)}",
