@@ -23,11 +23,13 @@ WORKDIR /src
 # README.md* : pyproject names README.md as the long description; the wildcard keeps
 # the build working while it is absent.
 COPY pyproject.toml README.md* ./
-# The packages of [tool.setuptools.packages.find] (tests/test_docker_compose.py
+# The packages of [tool.setuptools] packages (tests/test_docker_compose.py
 # checks this list against pyproject.toml). Avro schemas ship as package data.
 COPY availability/ availability/
 COPY availability_api/ availability_api/
-COPY benchmarks/ benchmarks/
+COPY availability_contracts/ availability_contracts/
+COPY availability_domain/ availability_domain/
+COPY availability_kafka/ availability_kafka/
 COPY dataflows/ dataflows/
 COPY schemas/ schemas/
 # The pip cache lives in a BuildKit cache mount, not in a layer.

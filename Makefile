@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow lint codegen demo kafka-start kafka-stop clean
+.PHONY: setup test test-slow lint codegen demo bench kafka-start kafka-stop clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,12 @@ test-slow: setup
 	$(BIN)/availability kafka start
 	$(BIN)/pytest -m slow $(PYTEST_ARGS); status=$$?; $(BIN)/availability kafka stop; exit $$status
 
+# Style, the layer contract (pyproject.toml [tool.importlinter]), types (strict for the
+# domain and the contracts), and generated gRPC code up to date with the .proto.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m availability_api.codegen --check
 
 # Regenerates availability_api/generated/ from the .proto (never edit those files by hand).
@@ -38,7 +42,11 @@ codegen: setup
 	$(BIN)/python -m availability_api.codegen
 
 demo: setup
-	$(BIN)/availability demo
+	$(BIN)/availability demo $(ARGS)
+
+# Benchmarks are not part of the product: run from the checkout, e.g. make bench ARGS="drain".
+bench: setup
+	$(BIN)/python -m benchmarks $(ARGS)
 
 kafka-start: setup
 	$(BIN)/availability kafka start
@@ -47,4 +55,4 @@ kafka-stop: setup
 	$(BIN)/availability kafka stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build

@@ -11,7 +11,6 @@ started.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -28,12 +27,16 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from availability.codec import CHANNEL_SCHEMA, Codec
-from availability.delivery import ConfirmedProducer
-from availability.topics import TopicNames, create_topics
-from benchmarks.workload import Workload
-from dataflows.domain.events import EventType, InventoryEvent
-from dataflows.domain.rules import load_rules
+from availability.processes import stop_process
+from availability.retail_day import Workload
+from availability_contracts.codec import Codec
+from availability_contracts.keys import channel_key
+from availability_contracts.schemas import CHANNEL_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.events import EventType, InventoryEvent
+from availability_domain.rules import load_rules
+from availability_kafka.admin import create_topics
+from availability_kafka.delivery import ConfirmedProducer
 
 HOT_SKUS = 4
 CHANNEL_COLUMNS = ("web", "amazon", "walmart")
@@ -165,8 +168,9 @@ def render(stats: LiveStats, produced: int, rate: float, share: float) -> Group:
     with stats.lock:
         for index in range(HOT_SKUS):
             sku = f"SKU-{index:06d}"
-            cells = [str(stats.channels.get(f"{name}|{sku}", "-")) for name in CHANNEL_COLUMNS]
-            cells.append(str(stats.channels.get(f"pickup|{sku}|S001", "-")))
+            cells = [str(stats.channels.get(channel_key(name, sku), "-"))
+                     for name in CHANNEL_COLUMNS]
+            cells.append(str(stats.channels.get(channel_key("pickup", sku, "S001"), "-")))
             table.add_row(sku, *cells)
     return Group(summary, table)
 
@@ -228,19 +232,9 @@ def client_health(client: object) -> str:
     from availability_api.client import ApiError
 
     try:
-        return client.health()  # type: ignore[attr-defined,no-any-return]
+        return client.health()  # type: ignore[attr-defined]
     except ApiError:
         return "UNKNOWN"
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 40) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def run_demo(settings: DemoSettings, console: Console) -> int:
@@ -294,8 +288,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         console.print("interrupted: stopping what the demo started")
     finally:
         stop.set()
-        stop_process(api)
-        stop_process(engine)
+        stop_process(api, sig=signal.SIGINT, timeout=40, group=True)
+        stop_process(engine, sig=signal.SIGINT, timeout=40, group=True)
         watcher.join(5)
     console.print(f"published {produced:,} events; engine and API stopped. Run them yourself:")
     console.print(f"  availability engine --rules {settings.rules} --recovery-dir "

@@ -6,7 +6,7 @@ the ERP number was true: ISO-8601 with a time of day (no offset means UTC) or ep
 milliseconds. Validation is vectorised with polars, so a file of millions of rows is
 checked in seconds, and every problem names the file, the row and the column.
 
-Two uses (DESIGN 3, 7):
+Two uses:
 
 * **bootstrap**: one COUNT per row, ``occurred_at = as_of``. Event ids are derived from
   the row's content, so publishing the same file twice is a no-op in the engine (its
@@ -22,13 +22,15 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from dataflows.domain.events import KEY_DELIMITER, EventType, InventoryEvent
+from availability_contracts.errors import AvailabilityError
+from availability_contracts.keys import KEY_DELIMITER
+from availability_contracts.times import iso_ms, parse_iso_ms
+from availability_domain.events import EventType, InventoryEvent
 
 REQUIRED_COLUMNS = ("sku", "location_id", "on_hand", "as_of")
 CSV_SUFFIXES = (".csv",)
@@ -60,8 +62,10 @@ _DATE_ONLY = re.compile(r"\d{4}-?\d{2}-?\d{2}")
 _UTC_MS = pl.Datetime("ms", "UTC")
 
 
-class ErpFileError(ValueError):
+class ErpFileError(AvailabilityError, ValueError):
     """A snapshot that cannot be used; each problem names the file, row and column."""
+
+    code = "erp_file"
 
     def __init__(self, path: Path, problems: list[str], total: int | None = None) -> None:
         self.path = path
@@ -165,8 +169,10 @@ def _read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
     return raw.rename({name: name.strip().lstrip("\ufeff") for name in raw.columns}), is_csv
 
 
-class _ColumnTypeError(ValueError):
+class _ColumnTypeError(AvailabilityError, ValueError):
     """A (Parquet) column whose type cannot hold the field at all."""
+
+    code = "erp_column"
 
 
 def _check_id(series: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -245,7 +251,7 @@ def _check_as_of(series: pl.Series, now_ms: int) -> tuple[pl.Series, pl.Series]:
         .then(pl.format("{} is in the future (this machine's clock: {}); a COUNT from the "
                         "future would hide every movement until then",
                         epoch_col.cast(_UTC_MS).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        pl.lit(_iso(now_ms))))
+                        pl.lit(iso_ms(now_ms))))
         .otherwise(pl.lit(None, pl.String))
     ).to_series()
     return epoch, reasons
@@ -274,21 +280,13 @@ def _parse_time_text(text: str) -> tuple[int | None, str | None]:
         return None, (f"{text!r} is a date without a time of day: give the time the stock "
                       "was taken (start and end of day differ by a day of sales)")
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_iso_ms(text), None
+    except (ValueError, OverflowError):
         return None, f"{text!r} is neither ISO-8601 nor epoch milliseconds"
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000), None
 
 
 def _quoted(expr: pl.Expr) -> pl.Expr:
     return pl.concat_str(pl.lit("'"), expr, pl.lit("'"))
-
-
-def _iso(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- COUNT events ----------------------------------------------------------------------

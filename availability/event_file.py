@@ -16,11 +16,12 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from availability.codec import MAX_RECORD_BYTES
-from dataflows.domain.events import InvalidEvent, InventoryEvent, parse_event, shorten
+from availability_contracts.codec import MAX_RECORD_BYTES
+from availability_contracts.errors import InvalidEvent, shorten
+from availability_contracts.times import parse_iso_ms
+from availability_domain.events import InventoryEvent, parse_event
 
 TIME_FIELDS = ("occurred_at", "expires_at")
 KNOWN_FIELDS = frozenset(
@@ -36,10 +37,8 @@ MAX_INT_DIGITS = 32
 """Longest integer literal parsed: every valid number has at most 15 digits, and the
 bound keeps ``int()`` away from Python's 4300-digit limit and its ValueError."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
 _EPOCH_MS = re.compile(r"-?[0-9]+")
-_JSON_TYPE_NAMES = {dict: "an object", list: "an array"}
+_JSON_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "an array"}
 
 
 def to_epoch_ms(value: Any, field: str) -> int | None:
@@ -58,13 +57,9 @@ def to_epoch_ms(value: Any, field: str) -> int | None:
                 raise InvalidEvent(f"{field} is out of range: {shorten(value)}")
             return int(text)
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parse_iso_ms(text)
         except ValueError:
             raise InvalidEvent(f"{field} is not ISO-8601 or epoch ms: {shorten(value)}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        try:
-            return (moment - _EPOCH) // _MILLISECOND
         except OverflowError:
             raise InvalidEvent(f"{field} is out of range: {shorten(value)}") from None
     raise InvalidEvent(f"{field} must be epoch milliseconds or ISO-8601, got {shorten(value)}")

@@ -1,4 +1,4 @@
-"""gRPC read API of the availability engine (DESIGN 6).
+"""gRPC read API of the availability engine.
 
 A replica tails the compacted snapshot topics into its own RocksDB and serves
 ``availability.v1.AvailabilityService`` from it; :mod:`availability_api.client` is the

@@ -24,14 +24,18 @@ from availability_api.credentials import channel_credentials
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
 from availability_api.validation import MAX_SKUS
+from availability_contracts.errors import AvailabilityError
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 2.0
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
-class ApiError(Exception):
-    """A call the server refused or that failed: ``code`` and the server's ``details``."""
+class ApiError(AvailabilityError):
+    """A call the server refused or that failed: ``code`` (here the gRPC status, the
+    machine-readable part) and the server's ``details``."""
+
+    code: grpc.StatusCode
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
@@ -62,9 +66,9 @@ class Watch:
 
     def __iter__(self) -> Iterator[pb.WatchAvailabilityResponse]:
         try:
-            yield from self._call  # type: ignore[misc]
+            yield from self._call
         except grpc.RpcError as error:
-            if self._cancelled and error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if self._cancelled and error.code() == grpc.StatusCode.CANCELLED:
                 return
             raise ApiError.from_rpc(error) from None
 

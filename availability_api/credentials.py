@@ -13,9 +13,13 @@ from pathlib import Path
 
 import grpc
 
+from availability_contracts.errors import AvailabilityError
 
-class TlsError(ValueError):
+
+class TlsError(AvailabilityError, ValueError):
     """A TLS file is missing, unreadable or given without its partner."""
+
+    code = "tls"
 
 
 @dataclass(frozen=True)

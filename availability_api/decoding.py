@@ -77,7 +77,7 @@ def _decoding_stream(decode: Callable[..., Awaitable[Any]],
                      ) -> Callable[..., AsyncIterator[Any]]:
     async def call(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         request = await decode(raw, context)
-        async with aclosing(inner(request, context)) as responses:
+        async with aclosing(inner(request, context)) as responses:  # type: ignore[type-var]
             async for response in responses:
                 yield response
 

@@ -12,9 +12,13 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 
+from availability_contracts.errors import AvailabilityError
 
-class FeedClosed(Exception):
+
+class FeedClosed(AvailabilityError):
     """The server is shutting down; the stream should end."""
+
+    code = "feed_closed"
 
 
 class Subscription:

@@ -12,19 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from availability_api.generated.availability.v1 import availability_pb2 as pb
-from availability_api.validation import DELIMITER
-
-
-def channel_key(channel: str, sku: str, location_id: str | None = None) -> str:
-    """The ``availability.channels`` key: ``channel|sku`` or ``channel|sku|location_id``."""
-    if location_id:
-        return f"{channel}{DELIMITER}{sku}{DELIMITER}{location_id}"
-    return f"{channel}{DELIMITER}{sku}"
-
-
-def position_key(sku: str, location_id: str) -> str:
-    """The ``availability.positions`` key: ``sku|location_id``."""
-    return f"{sku}{DELIMITER}{location_id}"
+from availability_contracts.keys import KEY_DELIMITER
 
 
 def channel_frame(record: Mapping[str, Any]) -> bytes:
@@ -53,7 +41,7 @@ def missing_channel_frame(channel: str, sku: str, location_id: str = "") -> byte
 
 def missing_frame_for_key(key: str) -> bytes:
     """The not-found frame of a channel key (used when a tombstone deletes it)."""
-    parts = key.split(DELIMITER)
+    parts = key.split(KEY_DELIMITER)
     return missing_channel_frame(parts[0], parts[1] if len(parts) > 1 else "",
                                  parts[2] if len(parts) > 2 else "")
 

@@ -105,7 +105,7 @@ def _timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
         started = time.perf_counter()
         outcome: BaseException | None = None
         try:
-            async with aclosing(inner(request, context)) as responses:
+            async with aclosing(inner(request, context)) as responses:  # type: ignore[type-var]
                 async for response in responses:
                     yield response
         except BaseException as exc:  # GeneratorExit: closed while a response was sent

@@ -4,7 +4,7 @@ A background thread consumes ``availability.positions`` and ``availability.chann
 with manual partition assignment (no consumer group, nothing committed to Kafka). Each
 polled batch becomes one atomic store write holding the new values *and* the next
 offset of every partition it read, so a restart resumes from the stored offsets and
-never re-reads the topics from the beginning (DESIGN 6).
+never re-reads the topics from the beginning.
 
 Rules applied per key: a snapshot whose version is not newer than the one held (in the
 store or earlier in the same batch) is dropped; a tombstone deletes the key; the
@@ -27,10 +27,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
-from availability.topics import TopicNames
 from availability_api import frames
 from availability_api.store import ReplicaStore, StoreChanges, StoreError, TopicPartitionKey
+from availability_contracts.codec import Codec
+from availability_contracts.keys import channel_key, position_key
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
 
 log = logging.getLogger("availability.api.replica")
 
@@ -211,7 +213,7 @@ class Replica:
         positions: Pending = {}
         for message in messages:
             error = message.error()
-            key = (message.topic(), message.partition())
+            key: TopicPartitionKey = (message.topic(), message.partition())
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     end = max(message.offset(), changes.offsets.get(key, 0))
@@ -233,9 +235,9 @@ class Replica:
                          changes.channels)
         self._keep_newer(positions, self.store.position_frames_by_key,
                          frames.position_frame_version, changes.positions)
-        for key, frame in changes.channels.items():
-            published.append((key, frame if frame is not None
-                              else frames.missing_frame_for_key(key)))
+        for channel_key_, frame in changes.channels.items():
+            published.append((channel_key_, frame if frame is not None
+                              else frames.missing_frame_for_key(channel_key_)))
         if not changes:
             return
         self.store.write(changes)
@@ -273,7 +275,7 @@ class Replica:
         record = self._decode(CHANNEL_SCHEMA, message)
         if record is None:
             return
-        key = frames.channel_key(record["channel"], record["sku"], record["location_id"])
+        key = channel_key(record["channel"], record["sku"], record["location_id"])
         if not self._newer(pending, key, record["version"]):
             return
         self._supersede(pending, key, frames.channel_frame(record), record["version"])
@@ -290,7 +292,7 @@ class Replica:
         record = self._decode(POSITION_SCHEMA, message)
         if record is None:
             return
-        key = frames.position_key(record["sku"], record["location_id"])
+        key = position_key(record["sku"], record["location_id"])
         if self._newer(pending, key, record["version"]):
             self._supersede(pending, key, frames.position_frame(record), record["version"])
 

@@ -28,8 +28,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from availability.codec import Codec
-from availability.topics import TopicNames
 from availability_api import metrics
 from availability_api.credentials import ServerTls, server_credentials
 from availability_api.decoding import RequestDecodingInterceptor
@@ -39,6 +37,8 @@ from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer
 from availability_api.store import ReplicaStore, StoreError
+from availability_contracts.codec import Codec
+from availability_contracts.topics import TopicNames
 
 log = logging.getLogger("availability.api")
 

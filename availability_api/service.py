@@ -35,12 +35,16 @@ from availability_api.validation import (
     check_location,
     quoted,
 )
+from availability_contracts.errors import AvailabilityError
+from availability_contracts.keys import channel_key
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
 
-class UnknownChannel(LookupError):
+class UnknownChannel(AvailabilityError, LookupError):
     """A channel no snapshot has named yet (NOT_FOUND)."""
+
+    code = "unknown_channel"
 
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
@@ -61,7 +65,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             raise UnknownChannel(
                 f"channel {quoted(channel)} is unknown to this replica (channels: {known})")
         check_location(location_id, kinds[channel], channel)
-        return [frames.channel_key(channel, sku, location_id) for sku in skus]
+        return [channel_key(channel, sku, location_id) for sku in skus]
 
     @staticmethod
     async def _refuse(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:

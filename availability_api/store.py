@@ -33,11 +33,12 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
-from availability_api.validation import DELIMITER
+from availability_contracts.errors import AvailabilityError
+from availability_contracts.keys import KEY_DELIMITER
 
 CHANNEL = b"c"
 POSITION = b"p"
@@ -53,16 +54,22 @@ TopicPartitionKey = tuple[str, int]
 T = TypeVar("T")
 
 
-class StoreError(RuntimeError):
+class StoreError(AvailabilityError, RuntimeError):
     """The data dir cannot be used; the message names the path and what is wrong."""
+
+    code = "data_dir"
 
 
 class StoreMismatch(StoreError):
     """The data dir was built from other topics than the ones configured."""
 
+    code = "data_dir_mismatch"
+
 
 class DataDirInUse(StoreError):
     """Another replica, in this process or another, has the data dir open."""
+
+    code = "data_dir_in_use"
 
 
 @dataclass
@@ -126,8 +133,8 @@ class ReplicaStore:
         self.path = path
         self._lock: int | None = _claim(path)
         try:
-            self._db = self._rocks("open", lambda: Rdict(str(path), _options()))
-            source = f"{positions_topic}{DELIMITER}{channels_topic}".encode()
+            self._db: Any = self._rocks("open", lambda: Rdict(str(path), _options()))
+            source = f"{positions_topic}{KEY_DELIMITER}{channels_topic}".encode()
             stored = self._db.get(TOPICS)
             if stored is None:
                 self._rocks("write to", lambda: self._db.put(TOPICS, source))
@@ -173,7 +180,7 @@ class ReplicaStore:
         """Stored next offset per (topic, partition)."""
         result: dict[TopicPartitionKey, int] = {}
         for key, value in self._prefixed(OFFSET):
-            topic, _, partition = key[1:].decode().rpartition(DELIMITER)
+            topic, _, partition = key[1:].decode().rpartition(KEY_DELIMITER)
             result[(topic, int(partition))] = _OFFSET.unpack(value)[0]
         return result
 
@@ -195,9 +202,9 @@ class ReplicaStore:
     def position_frames(self, sku: str, location_ids: Sequence[str] = ()) -> list[bytes]:
         """Frames of one SKU's positions: the given locations in order, else all of them."""
         if location_ids:
-            keys = [POSITION + f"{sku}{DELIMITER}{loc}".encode() for loc in location_ids]
+            keys = [POSITION + f"{sku}{KEY_DELIMITER}{loc}".encode() for loc in location_ids]
             return [frame for frame in self._db.get(keys) if frame is not None]
-        return [value for _, value in self._prefixed(POSITION + f"{sku}{DELIMITER}".encode())]
+        return [value for _, value in self._prefixed(POSITION + f"{sku}{KEY_DELIMITER}".encode())]
 
     def write(self, changes: StoreChanges) -> None:
         """Apply one batch atomically: values, channel kinds and offsets together."""
@@ -211,5 +218,5 @@ class ReplicaStore:
         for channel, per_location in changes.kinds.items():
             batch.put(KIND + channel.encode(), PER_LOCATION if per_location else POOLED)
         for (topic, partition), offset in changes.offsets.items():
-            batch.put(OFFSET + f"{topic}{DELIMITER}{partition}".encode(), _OFFSET.pack(offset))
+            batch.put(OFFSET + f"{topic}{KEY_DELIMITER}{partition}".encode(), _OFFSET.pack(offset))
         self._rocks("write to", lambda: self._db.write(batch))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DELIMITER = "|"
+from availability_contracts.errors import AvailabilityError
+from availability_contracts.keys import KEY_DELIMITER
+
 MAX_SKUS = 1000
 MAX_LOCATION_IDS = 1000
 QUOTE_LIMIT = 64
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(AvailabilityError, ValueError):
     """A request the API refuses with INVALID_ARGUMENT; the text is the client's message."""
+
+    code = "invalid_request"
 
 
 def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
@@ -33,9 +37,9 @@ def check_id(field: str, value: str) -> str:
     """``value`` when it is a usable id, else :class:`InvalidRequest` naming ``field``."""
     if not value:
         raise InvalidRequest(f"{field} is required (got an empty string)")
-    if DELIMITER in value:
+    if KEY_DELIMITER in value:
         raise InvalidRequest(
-            f"{field} {quoted(value)} contains {DELIMITER!r}, the key delimiter")
+            f"{field} {quoted(value)} contains {KEY_DELIMITER!r}, the key delimiter")
     return value
 
 
@@ -51,7 +55,7 @@ def check_ids(field: str, values: Sequence[str], limit: int, *, required: bool) 
             "(AvailabilityClient splits larger lists into several calls)"
         )
     # one C-level scan for the common, valid case; find the culprit only on failure
-    if all(values) and DELIMITER not in "".join(values):
+    if all(values) and KEY_DELIMITER not in "".join(values):
         return
     for index, value in enumerate(values):
         check_id(f"{field}[{index}]", value)

@@ -4,13 +4,13 @@ Why: the load generator must encode up to 50k events/s in real time on the same 
 cores as the system under test; fastavro's generic writer costs several microseconds
 per event, this about a third of that. Plain Avro only (no registry framing), field
 order as in schemas/avro/InventoryEvent.avsc; the smoke test compares it with
-:meth:`availability.codec.Codec.encode_event`.
+:meth:`availability_contracts.codec.Codec.encode_event`.
 """
 
 from __future__ import annotations
 
-from availability.avro_writer import long_bytes, string_bytes
-from dataflows.domain.events import EventType, InventoryEvent
+from availability_contracts.avro_writer import long_bytes, string_bytes
+from availability_domain.events import EventType, InventoryEvent
 
 _ENUM = {kind: long_bytes(index) for index, kind in enumerate(EventType)}
 _NULL = b"\x00"

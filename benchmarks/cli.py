@@ -1,4 +1,5 @@
-"""Command line of the benchmarks: ``python -m benchmarks`` and ``availability bench``.
+"""Command line of the benchmarks, run from a checkout: ``python -m benchmarks`` or
+``make bench ARGS=...``.
 
 Each scenario runs alone from one command; ``all`` runs the four into one results
 folder. When no broker answers at --brokers, the local Kafka is started for the run
@@ -195,6 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmarks of the availability engine against a hand-written loop and "
-                    "Quix Streams, on the real broker (DESIGN 9).")
+                    "Quix Streams, on the real broker.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

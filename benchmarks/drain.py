@@ -1,4 +1,4 @@
-"""Scenario drain: a pre-loaded backlog, time until every snapshot is out (DESIGN 9).
+"""Scenario drain: a pre-loaded backlog, time until every snapshot is out.
 
     python -m benchmarks drain [--events 2000000] [--smoke]
 
@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
+from availability.retail_day import retail_workload
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.times import DAY_MS, MINUTE_MS
+from availability_domain.rules import load_rules
 from benchmarks.fold import ChannelTable, PositionTable, ReferenceFold, now_ms, position_row
 from benchmarks.kafka_util import (
     Delivery,
@@ -46,10 +50,6 @@ from benchmarks.kafka_util import (
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
 from benchmarks.systems import ALL_SYSTEMS, ENGINE_1, ENGINE_2, LABELS, LOOP, QUIX, start
-from benchmarks.workload import retail_workload
-from dataflows.domain.rules import load_rules
-
-DAY_MS = 86_400_000
 
 
 @dataclass
@@ -91,7 +91,7 @@ class RunOutcome:
 def preload(brokers: str, topic: str, options: DrainOptions
             ) -> tuple[int, PositionTable, ChannelTable, dict[str, Any]]:
     """Produce the backlog once and fold it in process: (count, tables, stats)."""
-    start_ms = (now_ms() - DAY_MS) // 60_000 * 60_000
+    start_ms = (now_ms() - DAY_MS) // MINUTE_MS * MINUTE_MS
     workload = retail_workload(skus=options.skus, stores=options.stores, seed=options.seed,
                                start_ms=start_ms, expiring=True)
     reference = ReferenceFold(load_rules(options.rules))

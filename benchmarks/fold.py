@@ -13,19 +13,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from availability.codec import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA, Codec
-from dataflows.domain.events import InventoryEvent
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import Rules
-from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA
+from availability_domain.events import InventoryEvent
+from availability_domain.inventory import SkuInventory
+from availability_domain.reference import QUANTITIES, ChannelTable, PositionTable, tables
+from availability_domain.rules import Rules
+from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
 
-QUANTITIES = ("on_hand", "unsellable", "reserved", "in_transit", "safety_stock", "ats",
-              "as_of")
-"""Compared between a run's output and the reference (version and computed_at are not:
-they depend on how often a system publishes)."""
-
-PositionTable = dict[str, tuple[int, ...]]
-ChannelTable = dict[str, int]
 Output = tuple[int, str, bytes]
 """(0 positions / 1 channels / 2 dlq, key, Avro value)."""
 
@@ -132,17 +127,7 @@ class ReferenceFold:
             self.rejected += 1
 
     def tables(self) -> tuple[PositionTable, ChannelTable]:
-        positions: PositionTable = {}
-        channels: ChannelTable = {}
-        for inventory in self.inventories.values():
-            publisher = SnapshotPublisher()
-            changed_positions, changed_channels = publisher.publish(
-                inventory, list(inventory.positions), self.rules, self.now, self.now)
-            for snap in changed_positions:
-                positions[snap.key] = tuple(getattr(snap, q) for q in QUANTITIES)
-            for channel in changed_channels:
-                channels[channel.key] = channel.ats
-        return positions, channels
+        return tables(self.inventories.values(), self.rules, self.now)
 
 
 def position_row(record: dict[str, Any]) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from availability.retail_day import Workload, flash_sale_mix, retail_workload
 from benchmarks.kafka_util import (
     TopicJanitor,
     admin_consumer,
@@ -48,7 +49,6 @@ from benchmarks.live import (
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
 from benchmarks.systems import ENGINE_1, LABELS, LOOP, QUIX, start
-from benchmarks.workload import Workload, flash_sale_mix, retail_workload
 
 
 @dataclass

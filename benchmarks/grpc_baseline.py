@@ -18,10 +18,12 @@ import sys
 
 import grpc
 
-from availability.codec import CHANNEL_SCHEMA, Codec
 from availability_api import frames
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_contracts.codec import Codec
+from availability_contracts.keys import channel_key
+from availability_contracts.schemas import CHANNEL_SCHEMA
 from benchmarks.kafka_util import scan
 
 
@@ -30,7 +32,7 @@ class DictServicer(pb_grpc.AvailabilityServiceServicer):
         self.table = table
 
     def _frame(self, channel: str, sku: str) -> bytes:
-        frame = self.table.get(f"{channel}|{sku}")
+        frame = self.table.get(channel_key(channel, sku))
         return frame if frame is not None else frames.missing_channel_frame(channel, sku)
 
     async def GetAvailability(self, request: pb.GetAvailabilityRequest,

@@ -52,18 +52,20 @@ from typing import Any
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from availability.codec import CHANNEL_SCHEMA, Codec
+from availability.processes import stop_process
+from availability.retail_day import retail_workload
 from availability_api.client import ApiError, AvailabilityClient
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA
+from availability_domain.events import EventType, InventoryEvent
+from availability_domain.inventory import SkuInventory
+from availability_domain.rules import load_rules
+from availability_domain.snapshots import SnapshotPublisher
 from benchmarks.kafka_util import Delivery, TopicJanitor, load_producer
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
-from benchmarks.workload import retail_workload
-from dataflows.domain.events import EventType, InventoryEvent
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import load_rules
-from dataflows.domain.snapshots import SnapshotPublisher
 
 CHANNEL = "web"
 REPLICA = "replica"
@@ -142,13 +144,7 @@ def start_server(argv: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 
 def stop_server(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process)
 
 
 def wait_serving(target: str, timeout: float = 600) -> float:

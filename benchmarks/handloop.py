@@ -20,14 +20,16 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from availability.codec import Codec
+from availability_contracts.codec import Codec
+from availability_contracts.errors import InvalidEvent
+from availability_domain.events import decode_event
+from availability_domain.rules import load_rules
 from benchmarks.fold import SkuFold, now_ms
-from dataflows.domain.events import InvalidEvent
-from dataflows.domain.rules import load_rules
 
 BATCH = 5_000
 POLL_TIMEOUT_S = 0.002
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     })
     failures = Failures()
     topics = (args.positions_topic, args.channels_topic, args.dlq_topic)
-    decode = fold.codec.decode_event
+    decode = partial(decode_event, fold.codec)
     consumer.subscribe([args.events_topic])
     print(f"handloop: reading {args.events_topic}", flush=True)
 

@@ -13,13 +13,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from availability.topic_reader import watermarks
-from availability.topics import TopicNames
+from availability_contracts.keys import position_key
+from availability_contracts.topics import TopicNames
+from availability_domain.events import InventoryEvent
+from availability_kafka.topic_reader import scan_topic, watermarks
 from benchmarks.avro_events import encode_event
-from dataflows.domain.events import InventoryEvent
 
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 SNAPSHOT_CONFIG = {"cleanup.policy": "compact", **APPEND_TIME}
@@ -124,7 +125,7 @@ def produce_events(producer: Producer, topic: str, events: Iterable[InventoryEve
     produce = producer.produce
     poll = producer.poll
     for count, event in enumerate(events, 1):
-        key = f"{event.sku}|{event.location_id}"
+        key = position_key(event.sku, event.location_id)
         while True:
             try:
                 produce(topic, encode_event(event), key, on_delivery=delivery)
@@ -189,28 +190,5 @@ def scan(brokers: str, topic: str, timeout: float = 600) -> Scan:
 def read_records(brokers: str, topic: str, timeout: float = 600
                  ) -> Iterator[tuple[str, bytes, int]]:
     """Every record of ``topic`` up to its current end: (key, value, timestamp ms)."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024 * 1024})
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {}
-        for partition in partitions:
-            low, high = watermarks(consumer, topic, partition, 30)
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end in {timeout}s")
-            for message in consumer.consume(10_000, 0.5):
-                if message.error() is not None:
-                    raise RuntimeError(f"reading {topic}: {message.error()}")
-                partition = message.partition()
-                if partition not in ends:
-                    continue
-                yield message.key().decode(), message.value(), message.timestamp()[1]
-                if message.offset() + 1 >= ends[partition]:
-                    del ends[partition]
-    finally:
-        consumer.close()
+    for message in scan_topic(brokers, topic, timeout, batch=10_000):
+        yield message.key().decode(), message.value(), message.timestamp()[1]

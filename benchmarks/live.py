@@ -26,11 +26,13 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
-from availability.codec import POSITION_SCHEMA, Codec
-from availability.topic_reader import watermarks
+from availability_contracts.codec import Codec
+from availability_contracts.keys import position_key
+from availability_contracts.schemas import POSITION_SCHEMA
+from availability_domain.events import EventType, InventoryEvent
+from availability_kafka.topic_reader import watermarks
 from benchmarks.avro_events import encode_event
 from benchmarks.kafka_util import Delivery, read_records
-from dataflows.domain.events import EventType, InventoryEvent
 
 SENTINEL_SKU = "BENCH-SENTINEL"
 
@@ -112,7 +114,7 @@ class LiveProducer:
             now = wall_ms()
             for event in itertools.islice(source, due - sent):
                 live, duplicate = self._stamp(event, now)
-                key = f"{live.sku}|{live.location_id}"
+                key = position_key(live.sku, live.location_id)
                 while True:
                     try:
                         produce(topic, encode_event(live), key, on_delivery=delivery)
@@ -164,9 +166,9 @@ class LiveProducer:
                 event = InventoryEvent(f"sentinel-{uuid.uuid4().hex}", EventType.COUNT, stamp,
                                        "bench", SENTINEL_SKU, location, stamp % 1000)
                 self.producer.produce(self.topic, encode_event(event),
-                                      f"{SENTINEL_SKU}|{location}", partition=partition,
+                                      position_key(SENTINEL_SKU, location), partition=partition,
                                       on_delivery=delivery)
-                pending.add(f"{SENTINEL_SKU}|{location}".encode())
+                pending.add(position_key(SENTINEL_SKU, location).encode())
             delivery.check(self.producer, len(events), timeout=60)
             codec = Codec()
             prefix = f"{SENTINEL_SKU}|".encode()

@@ -29,16 +29,18 @@ import logging
 import sys
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 
-from availability.codec import Codec
+from availability_contracts.codec import Codec
+from availability_contracts.errors import InvalidEvent
+from availability_domain.events import decode_event
+from availability_domain.rules import load_rules
 from benchmarks.fold import Output, SkuFold, now_ms
-from dataflows.domain.events import InvalidEvent
-from dataflows.domain.rules import load_rules
 
 
 class OutputValue(Serializer):
@@ -61,7 +63,7 @@ def build(args: argparse.Namespace) -> Application:
     outputs = [app.topic(name, key_serializer="str", value_serializer=OutputValue())
                for name in (args.positions_topic, args.channels_topic, args.dlq_topic)]
     fold = SkuFold(load_rules(args.rules), Codec())
-    decode = fold.codec.decode_event
+    decode = partial(decode_event, fold.codec)
 
     def dead_letter(value: bytes, reason: str) -> list[Output]:
         context = message_context()

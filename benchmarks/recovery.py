@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from availability.retail_day import Workload, retail_workload
+from availability_domain.events import EventType, InventoryEvent
 from benchmarks.kafka_util import (
     Delivery,
     TopicJanitor,
@@ -53,8 +55,6 @@ from benchmarks.live import (
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
 from benchmarks.systems import ENGINE_1, LABELS, LOOP, Running, start
-from benchmarks.workload import Workload, retail_workload
-from dataflows.domain.events import EventType, InventoryEvent
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Results of one scenario run: JSON, a markdown table, PNG charts, the machine.
 
-Why every table carries its peers: DESIGN 9 targets are ratios against a peer or
+Why every table carries its peers: performance targets are ratios against a peer or
 baseline measured in the same invocation on the same machine, so a number is never
 published without the figure it is compared with, nor without the machine it ran on.
 """
@@ -41,7 +41,7 @@ class Table:
 
 @dataclass
 class Target:
-    """One DESIGN 9 target: what was required, what was measured, whether it is met."""
+    """One performance target: what was required, what was measured, whether it is met."""
 
     target: str
     measured: str
@@ -75,7 +75,7 @@ class ScenarioResult:
         ]
         lines += [table.markdown() for table in self.tables]
         if self.targets:
-            lines += ["### DESIGN 9 targets", "", "| target | measured | met |",
+            lines += ["### performance targets", "", "| target | measured | met |",
                       "|---|---|---|"]
             lines += [f"| {t.target} | {t.measured} | "
                       f"{'yes' if t.met else 'no' if t.met is not None else 'n/a'} |"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.workload import Workload
+from availability.retail_day import Workload
 
 RULES_200_STORES = Path(__file__).resolve().parent / "rules_200_stores.toml"
 

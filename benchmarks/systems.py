@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from availability.topics import TopicNames
+from availability.processes import stop_process
+from availability_contracts.topics import TopicNames
 
 ENGINE_1 = "engine-1p"
 ENGINE_2 = "engine-2p"
@@ -49,13 +50,7 @@ class Running:
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM the group (clean stop: flush, commit), SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
+        return stop_process(self.process, timeout=timeout, group=True)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the crash case."""

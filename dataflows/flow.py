@@ -1,4 +1,4 @@
-"""Wires the availability dataflow; the business rules live in ``dataflows.domain``.
+"""Wires the availability dataflow; the business rules live in ``availability_domain``.
 
     inventory.events -> decode + validate --bad--> inventory.events.dlq
                                  |
@@ -15,22 +15,18 @@ import pickle
 from functools import partial
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
-from availability.codec import (
-    CHANNEL_SCHEMA,
-    DEAD_LETTER_SCHEMA,
-    POSITION_SCHEMA,
-    Codec,
-    dead_letter_payload,
-)
-from dataflows.domain.events import InvalidEvent, InventoryEvent, check_event_time, shorten
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import Rules, load_rules
-from dataflows.domain.snapshots import ChannelSnapshot, PositionSnapshot
+from availability_contracts.codec import Codec, dead_letter_payload
+from availability_contracts.errors import InvalidEvent, shorten
+from availability_contracts.schemas import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA
+from availability_domain.events import InventoryEvent, check_event_time, decode_event
+from availability_domain.inventory import SkuInventory
+from availability_domain.rules import Rules, load_rules
+from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot
 from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecord, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
 from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
@@ -64,7 +60,7 @@ def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: Source
     """A valid event comes out already keyed by its SKU (the fold's state key), saving a
     separate key_on step on the hot path; an invalid one as its dead letter."""
     try:
-        event = codec.decode_event(origin.value)
+        event = decode_event(codec, origin.value)
         check_event_time(event, now_ms(), max_future_skew_ms)
     except InvalidEvent as exc:
         EVENTS.labels("unknown", "invalid").inc()
@@ -146,7 +142,8 @@ def build_flow(settings: EngineSettings, context: RunContext | Rules | None = No
     split = op.branch("valid", decoded, is_keyed_event)
     keyed: KeyedStream[tuple[InventoryEvent, SourceRecord]] = split.trues  # type: ignore[assignment]
     folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, context, codec))
-    dead_letters = op.key_on("dlq_key", split.falses, dead_letter_key)
+    rejected: Stream[OutgoingRecord] = split.falses  # type: ignore[assignment]
+    dead_letters = op.key_on("dlq_key", rejected, dead_letter_key)
     out = op.merge("all_output", folded, dead_letters)
     op.output("kafka", out, sink if sink is not None else ConfirmedKafkaSink(settings.brokers))
     return flow

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from availability.delivery import ConfirmedProducer
+from availability_kafka.delivery import ConfirmedProducer
 from dataflows.metrics import FRESHNESS
 
 

@@ -53,7 +53,7 @@ REGISTRY_FAILING = Gauge(
 
 def watch_registry(codec: object) -> None:
     """Count registry retries and say, without credentials, what is being waited for."""
-    from availability.codec import Codec, RegistryError
+    from availability_contracts.codec import Codec, RegistryError
 
     if not isinstance(codec, Codec) or codec.registry is None:
         return

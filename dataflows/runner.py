@@ -24,8 +24,8 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from availability_domain.rules import RulesError, load_rules
 from dataflows import metrics
-from dataflows.domain.rules import RulesError, load_rules
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
 from dataflows.settings import EngineSettings

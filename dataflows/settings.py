@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from availability.topics import TopicNames
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+from availability_contracts.topics import TopicNames
+from availability_domain.events import DEFAULT_MAX_FUTURE_SKEW_MS
+from availability_domain.inventory import DEFAULT_DEDUPE_HORIZON_MS, DEFAULT_LATENESS_HORIZON_MS
 
 
 @dataclass(frozen=True)
@@ -20,10 +19,15 @@ class EngineSettings:
     schema_registry: str | None = None
     batch_size: int = 2000
     epoch_interval_s: float = 10.0
-    dedupe_horizon_ms: int = 7 * DAY_MS
-    lateness_horizon_ms: int = DAY_MS
-    max_future_skew_ms: int = HOUR_MS
+    dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS
+    lateness_horizon_ms: int = DEFAULT_LATENESS_HORIZON_MS
+    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS
     """An event dated further ahead of the engine clock than this is dead-lettered."""
     flow_id: str = "availability"
     metrics_port: int = 9108
     """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""
+
+    @classmethod
+    def defaults(cls) -> EngineSettings:
+        """The settings with nothing given: the source of every default the CLI shows."""
+        return cls(brokers="127.0.0.1:9092", rules_path=Path("rules.toml"), recovery_dir=None)

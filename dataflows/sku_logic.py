@@ -2,7 +2,7 @@
 
 Thin adapter between Bytewax's stateful operator and the pure domain
 (:class:`SkuInventory` and :class:`SnapshotPublisher`); every business rule lives in
-``dataflows.domain``. State is keyed by SKU so a transfer's origin and destination
+``availability_domain``. State is keyed by SKU so a transfer's origin and destination
 and every channel pooling over the SKU's locations sit in one place.
 """
 
@@ -18,10 +18,10 @@ from typing import Literal
 
 from bytewax.operators import StatefulBatchLogic
 
-from dataflows.domain.events import InventoryEvent
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import Rules
-from dataflows.domain.snapshots import (
+from availability_domain.events import InventoryEvent
+from availability_domain.inventory import SkuInventory
+from availability_domain.rules import Rules
+from availability_domain.snapshots import (
     ChannelSnapshot,
     NextVersion,
     PositionSnapshot,

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from availability_contracts.errors import AvailabilityError
+
 LEASE_US = 5_000_000
 """How far ahead of the versions handed out the persisted floor is kept."""
 
@@ -27,8 +29,10 @@ _HELD_LOCKS: list[IO[str]] = []
 """Open lock files of this process: held until it exits, whoever dropped the object."""
 
 
-class StateDirError(RuntimeError):
+class StateDirError(AvailabilityError, RuntimeError):
     """The recovery dir cannot be used; the message names the path and what is wrong."""
+
+    code = "recovery_dir"
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -17,10 +17,11 @@ from typing import TypeVar
 
 import pytest
 
-from availability.codec import Codec
-from availability.delivery import ConfirmedProducer
-from availability.topics import TopicNames, create_topics
-from dataflows.domain.events import InventoryEvent
+from availability_contracts.codec import Codec
+from availability_contracts.topics import TopicNames
+from availability_domain.events import InventoryEvent
+from availability_kafka.admin import create_topics
+from availability_kafka.delivery import ConfirmedProducer
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

@@ -416,7 +416,7 @@ def test_mounted_repo_files_exist() -> None:
 
 def test_engine_reads_the_mounted_rules_and_keeps_state_in_a_volume(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dataflows.domain.rules import load_rules
+    from availability_domain.rules import load_rules
 
     engine = SERVICES["engine"]
     args = parse_command("engine", monkeypatch)
@@ -570,12 +570,9 @@ def test_dockerfile_runs_a_supported_python_as_non_root() -> None:
 
 
 def test_dockerfile_copies_every_package() -> None:
-    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {
-        path.name for path in REPO.iterdir()
-        if (path / "__init__.py").is_file()
-        and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
-    }
+    listed = PYPROJECT["tool"]["setuptools"]["packages"]
+    packages = {name.split(".")[0] for name in listed} | {
+        folder.split("/")[0] for folder in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
     assert packages, "no packages found"
     copied: set[str] = set()
     for keyword, args in dockerfile_instructions():

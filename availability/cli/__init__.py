@@ -7,11 +7,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+from availability_contracts.errors import AvailabilityError
+from availability_contracts.topics import TopicNames
+
 DEFAULT_BROKERS = "127.0.0.1:9092"
 
 
-class CommandError(Exception):
+class CommandError(AvailabilityError):
     """A failure to report to the user as one line, with a non-zero exit."""
+
+    code = "command"
 
 
 def default_brokers() -> str:
@@ -26,10 +31,26 @@ def add_brokers_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TopicNames()
+    group = parser.add_argument_group("topic names")
+    group.add_argument("--events-topic", default=defaults.events, help="(default: %(default)s)")
+    group.add_argument("--dlq-topic", default=defaults.dlq, help="(default: %(default)s)")
+    group.add_argument("--positions-topic", default=defaults.positions,
+                       help="compacted position snapshots (default: %(default)s)")
+    group.add_argument("--channels-topic", default=defaults.channels,
+                       help="compacted channel snapshots (default: %(default)s)")
+
+
+def topic_names(args: argparse.Namespace) -> TopicNames:
+    """The topics named by :func:`add_topic_arguments`' options."""
+    return TopicNames(args.events_topic, args.dlq_topic, args.positions_topic,
+                      args.channels_topic)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from availability.cli import (
         api,
-        bench,
         bootstrap,
         demo,
         engine,
@@ -49,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (kafka, topics, produce, engine, api, query, demo, bootstrap, reconcile,
-                   bench):
+    for module in (kafka, topics, produce, engine, api, query, demo, bootstrap, reconcile):
         module.register(sub)
     return parser
 

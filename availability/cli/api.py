@@ -1,4 +1,4 @@
-"""`availability api`: run a gRPC read replica (DESIGN 6, 7)."""
+"""`availability api`: run a gRPC read replica."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from availability.cli import CommandError, add_brokers_argument
-from availability.topics import TopicNames, add_topic_arguments
+from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
 
 if TYPE_CHECKING:  # imported lazily: `availability --help` need not load grpc
     from availability_api.server import ApiServer
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     except TlsError as exc:
         raise CommandError(str(exc)) from exc
     settings = ApiSettings(
-        data_dir=args.data_dir, brokers=args.brokers, topics=TopicNames.from_args(args),
+        data_dir=args.data_dir, brokers=args.brokers, topics=topic_names(args),
         host=args.host, port=args.port, tls=tls, schema_registry=args.schema_registry,
         drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 
 from availability.cli import CommandError, add_brokers_argument
-from availability.codec import Codec, RegistryError
-from availability.delivery import ConfirmedProducer, DeliveryFailed
-from availability.topics import TopicNames
-from dataflows.domain.events import iso_ms
+from availability_contracts.codec import Codec, RegistryError
+from availability_contracts.times import iso_ms
+from availability_contracts.topics import TopicNames
+from availability_kafka.delivery import ConfirmedProducer, DeliveryFailed
 
 if TYPE_CHECKING:  # imported lazily: `availability --help` need not load polars
     from availability.erp import ErpSnapshot
@@ -64,7 +64,7 @@ def load_snapshot(path: Path) -> ErpSnapshot:
 
 def describe(snapshot: ErpSnapshot) -> str:
     frame = snapshot.frame
-    first, last = frame["as_of"].min(), frame["as_of"].max()
+    first, last = int(frame["as_of"].min()), int(frame["as_of"].max())  # type: ignore[arg-type]
     when = iso_ms(first) if first == last else f"{iso_ms(first)} .. {iso_ms(last)}"
     return (f"{len(snapshot)} row(s), {frame['sku'].n_unique()} SKU(s), "
             f"{frame['location_id'].n_unique()} location(s), as of {when}")

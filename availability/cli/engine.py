@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from availability.cli import CommandError, add_brokers_argument
-from availability.topics import TopicNames, add_topic_arguments
-from dataflows.settings import HOUR_MS, EngineSettings
+from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
+from availability_contracts.times import HOUR_MS, MINUTE_MS
+from dataflows.settings import EngineSettings
+
+DEFAULTS = EngineSettings.defaults()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,19 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_brokers_argument(parser)
     parser.add_argument("--schema-registry", default=None,
                         help="Confluent Schema Registry URL (default: plain Avro)")
-    parser.add_argument("--batch-size", type=int, default=2000,
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                         help="max messages read per partition poll")
-    parser.add_argument("--epoch-interval", type=float, default=10.0,
+    parser.add_argument("--epoch-interval", type=float, default=DEFAULTS.epoch_interval_s,
                         help="seconds between recovery snapshots")
-    parser.add_argument("--dedupe-horizon-hours", type=float, default=7 * 24,
+    parser.add_argument("--dedupe-horizon-hours", type=float,
+                        default=DEFAULTS.dedupe_horizon_ms / HOUR_MS,
                         help="event-time horizon of event_id deduplication")
-    parser.add_argument("--lateness-horizon-hours", type=float, default=24,
+    parser.add_argument("--lateness-horizon-hours", type=float,
+                        default=DEFAULTS.lateness_horizon_ms / HOUR_MS,
                         help="event-time horizon for re-basing a late COUNT")
-    parser.add_argument("--max-future-skew-minutes", type=float, default=60,
+    parser.add_argument("--max-future-skew-minutes", type=float,
+                        default=DEFAULTS.max_future_skew_ms / MINUTE_MS,
                         help="an event dated further ahead of this engine's clock goes to "
                              "the dead-letter topic (a source with a broken clock must not "
                              "move a SKU's horizons)")
-    parser.add_argument("--metrics-port", type=int, default=9108,
+    parser.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
                         help="Prometheus /metrics port of process 0 (process i: port + i); "
                              "0 turns it off")
     add_topic_arguments(parser)
@@ -61,13 +66,13 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         brokers=args.brokers,
         rules_path=args.rules,
         recovery_dir=args.recovery_dir,
-        topics=TopicNames.from_args(args),
+        topics=topic_names(args),
         schema_registry=args.schema_registry,
         batch_size=args.batch_size,
         epoch_interval_s=args.epoch_interval,
         dedupe_horizon_ms=int(args.dedupe_horizon_hours * HOUR_MS),
         lateness_horizon_ms=int(args.lateness_horizon_hours * HOUR_MS),
-        max_future_skew_ms=int(args.max_future_skew_minutes * 60_000),
+        max_future_skew_ms=int(args.max_future_skew_minutes * MINUTE_MS),
         metrics_port=args.metrics_port,
     )
 
@@ -75,7 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
 def run(args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
 
-    from dataflows.domain.rules import RulesError, load_rules
+    from availability_domain.rules import RulesError, load_rules
     from dataflows.runner import ensure_recovery_dir, member_command, run_cluster
     from dataflows.state_dir import RecoveryDir, StateDirError
 

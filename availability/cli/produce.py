@@ -18,17 +18,12 @@ from typing import BinaryIO
 from confluent_kafka import KafkaException
 
 from availability.cli import CommandError, add_brokers_argument
-from availability.codec import MAX_RECORD_BYTES, Codec, RegistryError, RegistryRetries
-from availability.delivery import ConfirmedProducer, DeliveryFailed
 from availability.event_file import MAX_LINE_BYTES, BadLine, read_event_file
-from availability.topics import TopicNames
-from dataflows.domain.events import (
-    MAX_ID_LENGTH,
-    MAX_QUANTITY,
-    MAX_TEXT_LENGTH,
-    InventoryEvent,
-    shorten,
-)
+from availability_contracts.codec import MAX_RECORD_BYTES, Codec, RegistryError, RegistryRetries
+from availability_contracts.errors import shorten
+from availability_contracts.topics import TopicNames
+from availability_domain.events import MAX_ID_LENGTH, MAX_QUANTITY, MAX_TEXT_LENGTH, InventoryEvent
+from availability_kafka.delivery import ConfirmedProducer, DeliveryFailed
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 REGISTRY_RETRIES = 5

@@ -11,17 +11,18 @@ from confluent_kafka import KafkaException
 
 from availability.cli import CommandError, add_brokers_argument
 from availability.cli.bootstrap import describe, load_snapshot
-from availability.codec import POSITION_SCHEMA, Codec, RegistryError
-from availability.delivery import ConfirmedProducer, DeliveryFailed
-from availability.topic_reader import latest_by_key
-from availability.topics import TopicNames
+from availability_contracts.codec import Codec, RegistryError
+from availability_contracts.schemas import POSITION_SCHEMA
+from availability_contracts.times import HOUR_MS
+from availability_contracts.topics import TopicNames
+from availability_kafka.delivery import ConfirmedProducer, DeliveryFailed
+from availability_kafka.topic_reader import latest_by_key
 
 if TYPE_CHECKING:  # imported lazily: `availability --help` need not load polars
     import polars as pl
 
     from availability.erp import DriftSummary
 
-HOUR_MS = 3_600_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:

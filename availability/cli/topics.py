@@ -6,8 +6,8 @@ import argparse
 
 from confluent_kafka import KafkaException
 
-from availability.cli import CommandError, add_brokers_argument
-from availability.topics import TopicNames, add_topic_arguments, create_topics
+from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
+from availability_kafka.admin import create_topics
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def run_create(args: argparse.Namespace) -> int:
     if args.partitions < 1:
         raise CommandError("--partitions must be at least 1")
     try:
-        outcomes = create_topics(args.brokers, TopicNames.from_args(args), args.partitions,
+        outcomes = create_topics(args.brokers, topic_names(args), args.partitions,
                                  args.replication_factor)
     except KafkaException as exc:
         raise CommandError(f"cannot create topics on {args.brokers}: {exc}") from exc

@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from availability_contracts.errors import AvailabilityError
+
 POM = Path(__file__).with_name("pom.xml")
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
@@ -73,16 +75,19 @@ def _pom_kafka_version() -> str:
     """The Kafka version pinned in pom.xml: one source of truth for jars and cache dir name."""
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
-    if node is None or not (node.text or "").strip():
+    text = (node.text or "") if node is not None else ""
+    if not text.strip():
         raise RuntimeError(f"no <kafka.version> property in {POM}")
-    return node.text.strip()
+    return text.strip()
 
 
 KAFKA_VERSION = _pom_kafka_version()
 
 
-class LocalKafkaError(Exception):
+class LocalKafkaError(AvailabilityError):
     """The local broker could not be fetched, started or stopped; ``details`` is log context."""
+
+    code = "local_kafka"
 
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)

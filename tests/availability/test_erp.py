@@ -27,7 +27,7 @@ from availability.erp import (
     sku_horizon_breaches,
     summarize,
 )
-from dataflows.domain.events import EventType
+from availability_domain.events import EventType
 
 REPO = Path(__file__).resolve().parents[2]
 T = 1_767_261_600_000  # 2026-01-01T10:00:00Z

@@ -12,11 +12,12 @@ import pytest
 from confluent_kafka import KafkaException
 
 from availability.cli import main
-from availability.codec import POSITION_SCHEMA, Codec
 from availability.erp import DRIFT, MATCH, MISSING_IN_ENGINE, MISSING_IN_ERP, MOVED
-from availability.topic_reader import latest_by_key, scan_topic
-from availability.topics import TopicNames
-from dataflows.domain.events import EventType, InventoryEvent
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.events import EventType, InventoryEvent, decode_event
+from availability_kafka.topic_reader import latest_by_key, scan_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -95,7 +96,7 @@ def test_bootstrap_reconcile_and_correct(
     moved = {**bootstrapped, "SKU-1|DC1": (7, T0 + 10 * MINUTE),
              "SKU-1|S001": (7, T1 + 5 * MINUTE)}
     wait_for(lambda: on_hand(brokers, topics, codec) == moved, 30, "the sale and the receipt")
-    ids = {codec.decode_event(m.value()).event_id
+    ids = {decode_event(codec, m.value()).event_id
            for m in scan_topic(brokers, topics.events, timeout=30)}
     assert len(ids) == 4 + 2, "bootstrapping the same file twice re-sends the same ids"
 

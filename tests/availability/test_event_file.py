@@ -13,7 +13,6 @@ import json
 import pytest
 
 from availability import event_file
-from availability.codec import MAX_RECORD_BYTES, Codec
 from availability.event_file import (
     MAX_LINE_BYTES,
     BadLine,
@@ -26,7 +25,9 @@ from availability.event_file import (
     read_event_file,
     to_epoch_ms,
 )
-from dataflows.domain.events import MAX_ID_LENGTH, MAX_TIME_MS, InvalidEvent
+from availability_contracts.codec import MAX_RECORD_BYTES, Codec
+from availability_contracts.errors import InvalidEvent
+from availability_domain.events import MAX_ID_LENGTH, MAX_TIME_MS, decode_event
 
 CODEC = Codec()
 BASE = {"event_id": "e1", "event_type": "RECEIPT", "occurred_at": 1_700_000_000_000,
@@ -127,7 +128,7 @@ def test_largest_valid_event_encodes_far_below_the_record_limit() -> None:
         occurred_at=MAX_TIME_MS, expires_at=MAX_TIME_MS, quantity=1_000_000_000))
     payload = encode_checked(event, _encode)
     assert len(payload) < MAX_RECORD_BYTES / 4
-    assert CODEC.decode_event(payload) == event
+    assert decode_event(CODEC, payload) == event
 
 
 def test_encoded_size_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,4 +184,4 @@ def test_read_event_file_numbers_lines_and_skips_blanks() -> None:
     assert [item.line_number for item in items] == [1, 4, 5]
     good = items[2]
     assert isinstance(good, GoodLine)
-    assert CODEC.decode_event(good.payload) == good.event
+    assert decode_event(CODEC, good.payload) == good.event

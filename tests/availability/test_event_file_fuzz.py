@@ -14,7 +14,6 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from availability.codec import MAX_RECORD_BYTES, Codec
 from availability.event_file import (
     KNOWN_FIELDS,
     BadLine,
@@ -22,15 +21,16 @@ from availability.event_file import (
     check_line,
     parse_json_event,
 )
-from dataflows.domain.events import (
+from availability_contracts.codec import MAX_RECORD_BYTES, Codec
+from availability_contracts.errors import REASON_CODES, InvalidEvent
+from availability_domain.events import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
     MAX_TEXT_LENGTH,
     MAX_TIME_MS,
-    REASON_CODES,
     EventType,
-    InvalidEvent,
     InventoryEvent,
+    decode_event,
 )
 
 CODEC = Codec()
@@ -141,7 +141,7 @@ def _check_outcome(outcome: InventoryEvent | InvalidEvent) -> None:
         return
     payload = CODEC.encode_event(outcome, "events")
     assert len(payload) <= MAX_RECORD_BYTES
-    assert CODEC.decode_event(payload) == outcome
+    assert decode_event(CODEC, payload) == outcome
 
 
 @FUZZ
@@ -170,4 +170,4 @@ def test_check_line_on_raw_bytes_never_raises(data: bytes) -> None:
         assert checked.code in REASON_CODES
     else:
         assert len(checked.payload) <= MAX_RECORD_BYTES
-        assert CODEC.decode_event(checked.payload) == checked.event
+        assert decode_event(CODEC, checked.payload) == checked.event

@@ -13,9 +13,10 @@ from confluent_kafka import Consumer
 from availability import event_file
 from availability.cli import main
 from availability.cli import produce as produce_cli
-from availability.codec import Codec
-from availability.topic_reader import scan_topic, watermarks
-from availability.topics import TopicNames
+from availability_contracts.codec import Codec
+from availability_contracts.topics import TopicNames
+from availability_domain.events import decode_event
+from availability_kafka.topic_reader import scan_topic, watermarks
 
 pytestmark = pytest.mark.kafka
 
@@ -89,7 +90,7 @@ def test_produce_round_trip_through_real_kafka(brokers: str, topics: TopicNames,
                  "--topic", topics.events])
     assert code == 0
     messages = list(scan_topic(brokers, topics.events, timeout=30))
-    events = sorted((codec.decode_event(m.value()) for m in messages), key=lambda e: e.event_id)
+    events = sorted((decode_event(codec, m.value()) for m in messages), key=lambda e: e.event_id)
     assert [e.event_id for e in events] == ["e1", "e2"]
     assert events[0].occurred_at == 1795766400000
     assert events[1].expires_at == 1795766400000  # 09:00+01:00 is 08:00Z

@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
-from availability.delivery import ConfirmedProducer
-from availability.topics import TopicNames, create_topics
 from availability_api.client import AvailabilityClient
 from availability_api.credentials import ServerTls
 from availability_api.replica import Replica
 from availability_api.server import ApiServer, ApiSettings
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_kafka.admin import create_topics
+from availability_kafka.delivery import ConfirmedProducer
 
 NOW = int(time.time() * 1000)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
 from availability_api.store import LOCK_FILE
+from availability_contracts.topics import TopicNames
 
 from .conftest import SnapshotPublisher, channel_record, position_record
 

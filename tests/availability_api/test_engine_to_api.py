@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
 from availability_api.generated.availability.v1 import availability_pb2 as pb
-from dataflows.domain.events import EventType, InventoryEvent
+from availability_contracts.topics import TopicNames
+from availability_domain.events import EventType, InventoryEvent
 
 pytestmark = pytest.mark.kafka
 

@@ -13,8 +13,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from availability.topics import TopicNames, create_topics
 from availability_api.service import SERVICE_NAME
+from availability_contracts.topics import TopicNames
+from availability_kafka.admin import create_topics
 
 from .conftest import RunningApi, SnapshotPublisher, channel_record
 

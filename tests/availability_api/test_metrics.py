@@ -14,10 +14,11 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from availability.codec import CHANNEL_SCHEMA, Codec
-from availability.delivery import ConfirmedProducer
-from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_kafka.delivery import ConfirmedProducer
 
 from .conftest import RunningApi, SnapshotPublisher, channel_record
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from availability.topics import TopicNames
 from availability_api.store import ReplicaStore, StoreMismatch
+from availability_contracts.topics import TopicNames
 
 from .conftest import SnapshotPublisher, channel_record, position_record
 

@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 
-from availability.codec import Codec
 from availability_api.client import ApiError
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_contracts.codec import Codec
 
 from .conftest import (
     RunningApi,

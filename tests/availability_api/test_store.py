@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from availability.topics import TopicNames
 from availability_api.server import ApiServer
 from availability_api.store import LOCK_FILE, DataDirInUse, ReplicaStore, StoreError
+from availability_contracts.topics import TopicNames
 
 from .conftest import SnapshotPublisher, channel_record, replica_settings
 

@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 import pytest
 
-from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
 from availability_api.credentials import TlsError, server_tls
+from availability_contracts.topics import TopicNames
 
 from .conftest import Certs, SnapshotPublisher, channel_record
 

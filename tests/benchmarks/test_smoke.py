@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from availability.codec import Codec
+from availability.retail_day import Workload, flash_sale_mix, retail_workload
+from availability_contracts.codec import Codec
+from availability_domain.rules import load_rules
 from benchmarks.avro_events import encode_event
 from benchmarks.cli import main
 from benchmarks.rules import RULES_200_STORES, render_rules
-from benchmarks.workload import Workload, flash_sale_mix, retail_workload
-from dataflows.domain.rules import load_rules
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,16 +74,6 @@ def test_flash_sale_hits_only_the_hot_skus() -> None:
     burst = flash_sale_mix(retail_workload(skus=5_000), hot_skus=20)
     skus = {event.sku for event in burst.events(2_000)}
     assert skus <= {f"SKU-{i:06d}" for i in range(20)}
-
-
-def test_availability_bench_delegates_to_the_benchmarks() -> None:
-    from availability.cli import bench, build_parser
-
-    args = build_parser().parse_args(["bench", "drain", "--smoke", "--systems", "loop,quix",
-                                      "--events", "100"])
-    assert args.run is bench._run
-    assert (args.scenario, args.smoke, args.systems, args.events) == (
-        "drain", True, ("loop", "quix"), 100)
 
 
 @pytest.mark.kafka

@@ -1,4 +1,4 @@
-"""kill -9 under live traffic, seen from the read side (DESIGN 3 rule 4, DESIGN 5, DESIGN 6).
+"""kill -9 under live traffic, seen from the read side.
 
 ``test_recovery.py`` checks the *latest record per key* on the snapshot topics after
 crashes. Consumers do not read the topics that way: the API replica and every
@@ -28,7 +28,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,22 +36,22 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
-from availability.delivery import ConfirmedProducer
-from availability.topic_reader import latest_by_key, watermarks
-from availability.topics import TopicNames
+from availability.retail_day import Workload
 from availability_api.client import ApiError, AvailabilityClient
 from availability_api.server import ApiServer, ApiSettings
+from availability_contracts.codec import Codec
+from availability_contracts.keys import position_key
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.reference import QUANTITIES
+from availability_domain.reference import reference_tables as fold_in_process
+from availability_domain.rules import Rules, load_rules
+from availability_kafka.delivery import ConfirmedProducer
+from availability_kafka.topic_reader import latest_by_key, watermarks
 from benchmarks.rules import render_rules
-from benchmarks.workload import Workload
-from dataflows.domain.events import InventoryEvent
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import Rules, load_rules
-from dataflows.domain.snapshots import SnapshotPublisher
 
 pytestmark = pytest.mark.kafka
 
-QUANTITIES = ("on_hand", "unsellable", "reserved", "in_transit", "safety_stock", "ats", "as_of")
 SKUS = 2_000
 EVENTS = 50_000
 PRODUCE_SECONDS = 18.0
@@ -71,31 +71,6 @@ Versioned = tuple[int, Row]
 
 
 # expected tables --------------------------------------------------------------------
-
-
-def fold_in_process(events: Iterable[InventoryEvent], rules: Rules
-                    ) -> tuple[dict[str, Row], dict[str, int]]:
-    """The expected tables: every event applied exactly once, in order, in one process
-    (as ``fold_in_process`` in ``test_recovery.py``)."""
-    inventories: dict[str, SkuInventory] = {}
-    publishers: dict[str, SnapshotPublisher] = {}
-    positions: dict[str, Row] = {}
-    channels: dict[str, int] = {}
-    for event in events:
-        inventory = inventories.get(event.sku)
-        if inventory is None:
-            inventory = inventories[event.sku] = SkuInventory(event.sku)
-            publishers[event.sku] = SnapshotPublisher()
-        outcome = inventory.apply_event(event, 0)
-        if outcome.status != "applied":
-            continue
-        changed_positions, changed_channels = publishers[event.sku].publish(
-            inventory, outcome.touched, rules, 0, 0)
-        for snap in changed_positions:
-            positions[snap.key] = tuple(getattr(snap, q) for q in QUANTITIES)
-        for channel in changed_channels:
-            channels[channel.key] = channel.ats
-    return positions, channels
 
 
 # the read sides ---------------------------------------------------------------------
@@ -343,7 +318,7 @@ def table_diff(name: str, got: dict[str, Any], want: dict[str, Any],
 def api_positions(client: AvailabilityClient, skus: list[str]) -> dict[str, Row]:
     def one(sku: str) -> list[tuple[str, Row]]:
         answer = client.list_positions(sku, timeout=10)
-        return [(f"{p.sku}|{p.location_id}", tuple(getattr(p, q) for q in QUANTITIES))
+        return [(position_key(p.sku, p.location_id), tuple(getattr(p, q) for q in QUANTITIES))
                 for p in answer.positions]
 
     with ThreadPoolExecutor(8) as pool:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from availability.codec import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA, Codec
-from availability.topic_reader import latest_by_key, scan_topic
-from availability.topics import TopicNames
-from dataflows.domain.events import EventType, InventoryEvent
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.events import EventType, InventoryEvent
+from availability_kafka.topic_reader import latest_by_key, scan_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from availability.codec import Codec
-from availability.topics import TopicNames
-from dataflows.domain.events import EventType, InventoryEvent
+from availability_contracts.codec import Codec
+from availability_contracts.topics import TopicNames
+from availability_domain.events import EventType, InventoryEvent
 
 pytestmark = pytest.mark.kafka
 

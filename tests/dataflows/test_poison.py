@@ -24,18 +24,13 @@ from typing import Any
 import fastavro
 import pytest
 
-from availability.codec import (
-    DEAD_LETTER_SCHEMA,
-    DEAD_LETTER_VALUE_LIMIT,
-    MAX_RECORD_BYTES,
-    POSITION_SCHEMA,
-    Codec,
-    schema_text,
-)
-from availability.delivery import ConfirmedProducer
-from availability.topic_reader import latest_by_key, scan_topic
-from availability.topics import TopicNames
-from dataflows.domain.events import MAX_QUANTITY, REASON_CODES, EventType, InventoryEvent
+from availability_contracts.codec import DEAD_LETTER_VALUE_LIMIT, MAX_RECORD_BYTES, Codec
+from availability_contracts.errors import REASON_CODES
+from availability_contracts.schemas import DEAD_LETTER_SCHEMA, POSITION_SCHEMA, schema_text
+from availability_contracts.topics import TopicNames
+from availability_domain.events import MAX_QUANTITY, EventType, InventoryEvent
+from availability_kafka.delivery import ConfirmedProducer
+from availability_kafka.topic_reader import latest_by_key, scan_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -1,55 +1,31 @@
-"""Crash safety and scale-out through the real broker (DESIGN 3 rule 4, DESIGN 8)."""
+"""Crash safety and scale-out through the real broker."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
-from availability.delivery import ConfirmedProducer
-from availability.topic_reader import latest_by_key
-from availability.topics import TopicNames
-from benchmarks.workload import Workload
-from dataflows.domain.events import InventoryEvent
-from dataflows.domain.inventory import SkuInventory
-from dataflows.domain.rules import Rules, load_rules
-from dataflows.domain.snapshots import SnapshotPublisher
+from availability.retail_day import Workload
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.events import InventoryEvent
+from availability_domain.reference import QUANTITIES
+from availability_domain.reference import reference_tables as fold_in_process
+from availability_domain.rules import load_rules
+from availability_kafka.delivery import ConfirmedProducer
+from availability_kafka.topic_reader import latest_by_key
 
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "examples" / "rules.toml"
-QUANTITIES = ("on_hand", "unsellable", "reserved", "in_transit", "safety_stock", "ats", "as_of")
-
-
-def fold_in_process(events: Iterable[InventoryEvent], rules: Rules
-                    ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """The expected tables: every event applied exactly once, in order, in one process."""
-    inventories: dict[str, SkuInventory] = {}
-    publishers: dict[str, SnapshotPublisher] = {}
-    positions: dict[str, tuple[int, ...]] = {}
-    channels: dict[str, int] = {}
-    for event in events:
-        inventory = inventories.get(event.sku)
-        if inventory is None:
-            inventory = inventories[event.sku] = SkuInventory(event.sku)
-            publishers[event.sku] = SnapshotPublisher()
-        outcome = inventory.apply_event(event, 0)
-        if outcome.status != "applied":
-            continue
-        changed_positions, changed_channels = publishers[event.sku].publish(
-            inventory, outcome.touched, rules, 0, 0)
-        for snap in changed_positions:
-            positions[snap.key] = tuple(getattr(snap, q) for q in QUANTITIES)
-        for channel in changed_channels:
-            channels[channel.key] = channel.ats
-    return positions, channels
 
 
 def engine_tables(brokers: str, topics: TopicNames, codec: Codec

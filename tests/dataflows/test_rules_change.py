@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from availability.codec import CHANNEL_SCHEMA, POSITION_SCHEMA, Codec
-from availability.topic_reader import latest_by_key, scan_topic
-from availability.topics import TopicNames
 from availability_api.client import ApiError, AvailabilityClient
-from dataflows.domain.events import InventoryEvent, parse_event
-from dataflows.domain.rules import load_rules
-from tests.dataflows.test_recovery import QUANTITIES, fold_in_process
+from availability_contracts.codec import Codec
+from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
+from availability_contracts.topics import TopicNames
+from availability_domain.events import InventoryEvent, parse_event
+from availability_domain.reference import QUANTITIES
+from availability_domain.reference import reference_tables as fold_in_process
+from availability_domain.rules import load_rules
+from availability_kafka.topic_reader import latest_by_key, scan_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataflows.domain.rules import Rules
+from availability_domain.rules import Rules
 from dataflows.sku_logic import RunContext, republish_mode
 
 A, B, C = "rules-a", "rules-b", "rules-c"

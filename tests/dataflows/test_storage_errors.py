@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from availability.topics import TopicNames
-from dataflows.domain.events import parse_event
+from availability_contracts.topics import TopicNames
+from availability_domain.events import parse_event
 
 pytestmark = pytest.mark.kafka
 

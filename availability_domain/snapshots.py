@@ -1,0 +1,301 @@
+"""Published snapshot records and the per-SKU publisher that versions them.
+
+Field names are a contract with ``schemas/avro``. Snapshots go to compacted topics and
+consumers drop any version not newer than theirs, so the publisher emits a key only
+when its value changed, and every version it gives a key is strictly greater than any
+that key was ever given, by this run or an earlier one. Where versions come from is the
+caller's choice (:data:`NextVersion`): the engine uses a clock that survives crashes
+(see ``docs/semantics.md``), tests and the benchmark peers a plain counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from availability_contracts.keys import channel_key, position_key
+from availability_domain.channels import LocationContribution, channel_ats, pool
+from availability_domain.inventory import PositionQuantities, SkuInventory
+from availability_domain.rules import ChannelRule, Rules
+
+__all__ = [
+    "ChannelSnapshot",
+    "LocationContribution",
+    "NextVersion",
+    "PositionSnapshot",
+    "Republished",
+    "SnapshotPublisher",
+    "count_versions",
+]
+
+NextVersion = Callable[[int], int]
+"""Given a key's previous version (0: none), the version of its next snapshot; always
+greater than the argument."""
+
+
+def count_versions(previous: int) -> int:
+    """Versions 1, 2, 3...: enough where one process publishes once, as in tests."""
+    return previous + 1
+
+
+class PositionSnapshot(NamedTuple):
+    """Fields in the order of PositionAvailability.avsc (the Avro writer relies on it)."""
+
+    sku: str
+    location_id: str
+    on_hand: int
+    unsellable: int
+    reserved: int
+    in_transit: int
+    safety_stock: int
+    ats: int
+    as_of: int
+    version: int
+    computed_at: int
+
+    @property
+    def key(self) -> str:
+        return position_key(self.sku, self.location_id)
+
+    def to_record(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class ChannelSnapshot(NamedTuple):
+    """Fields in the order of ChannelAvailability.avsc (the Avro writer relies on it)."""
+
+    channel: str
+    sku: str
+    location_id: str | None
+    """None for a pooled channel."""
+    ats: int
+    as_of: int
+    version: int
+    computed_at: int
+    locations: tuple[LocationContribution, ...]
+
+    @property
+    def key(self) -> str:
+        return channel_key(self.channel, self.sku, self.location_id)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "sku": self.sku,
+            "location_id": self.location_id,
+            "ats": self.ats,
+            "as_of": self.as_of,
+            "version": self.version,
+            "computed_at": self.computed_at,
+            "locations": [
+                {"location_id": c.location_id, "ats": c.ats, "in_transit": c.in_transit}
+                for c in self.locations
+            ],
+        }
+
+
+class Republished(NamedTuple):
+    """What :meth:`SnapshotPublisher.republish` publishes: snapshots and deleted keys."""
+
+    positions: list[PositionSnapshot]
+    channels: list[ChannelSnapshot]
+    deleted_channels: list[str]
+    """Channel keys to delete with a tombstone."""
+
+
+class SnapshotPublisher:
+    """Last published value and version per key, for one SKU's state.
+
+    ``positions`` and ``channels`` are the state (pickled into recovery snapshots);
+    the member lists and contribution tuples are derived from them and rebuilt after a
+    restore, so they cost nothing to snapshot.
+    """
+
+    __slots__ = ("_contributions", "_members", "channels", "positions")
+
+    def __init__(
+        self,
+        positions: dict[str, tuple[PositionQuantities, int]] | None = None,
+        channels: dict[tuple[str, str | None], tuple[tuple[Any, ...], int]] | None = None,
+    ) -> None:
+        self.positions = positions if positions is not None else {}
+        """location_id -> (last published quantities, version). A position's channels are
+        recomputed from these: an untouched position cannot have changed since it was
+        published, and a position whose value did not change cannot move a channel."""
+        self.channels = channels if channels is not None else {}
+        """(channel, location_id or None) -> ((ats, as_of), version)."""
+        self._members: dict[str, list[str]] = {}
+        """Pooled channel -> its eligible published locations, sorted."""
+        self._contributions: dict[str, LocationContribution] = {}
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return SnapshotPublisher, (self.positions, self.channels)
+
+    def publish(
+        self,
+        inventory: SkuInventory,
+        touched: Iterable[str],
+        rules: Rules,
+        now_ms: int,
+        computed_at: int,
+        next_version: NextVersion = count_versions,
+    ) -> tuple[list[PositionSnapshot], list[ChannelSnapshot]]:
+        """Snapshots whose value changed because of ``touched`` locations.
+
+        Expiry is brought up to ``now_ms`` first (the locations it changes count as
+        touched), so a snapshot never counts a reservation that has already expired.
+        Only channels of a location whose value changed are recomputed.
+        """
+        sku = inventory.sku
+        affected = dict.fromkeys(touched)
+        expired = inventory.expire(now_ms)
+        if expired:
+            affected.update(dict.fromkeys(expired))
+        positions = inventory.positions
+        published = self.positions
+        position_snapshots: list[PositionSnapshot] = []
+        changed: list[str] = []
+        channel_names: set[str] = set()
+        moved: set[str] = set()
+        """Changed locations whose channel contribution (ats, in_transit) moved too."""
+        for location_id in affected:
+            if location_id not in positions:
+                continue
+            quantities = inventory.position_quantities(location_id, rules)
+            previous = published.get(location_id)
+            if previous is not None and previous[0] == quantities:
+                continue
+            if previous is None:
+                version = next_version(0)
+                self._members.clear()
+                moved.add(location_id)
+            else:
+                version = next_version(previous[1])
+                old = previous[0]
+                if old.ats != quantities.ats or old.in_transit != quantities.in_transit:
+                    moved.add(location_id)
+            published[location_id] = (quantities, version)
+            self._contributions.pop(location_id, None)
+            changed.append(location_id)
+            channel_names.update(rules.channel_names_for(location_id))
+            position_snapshots.append(
+                PositionSnapshot(sku, location_id, *quantities, version, computed_at)
+            )
+
+        channel_snapshots: list[ChannelSnapshot] = []
+        if not channel_names:
+            return position_snapshots, channel_snapshots
+        for rule in rules.channels.values():
+            name = rule.name
+            if name not in channel_names:
+                continue
+            if rule.per_location:
+                for location_id in changed:
+                    if name in rules.channel_names_for(location_id):
+                        self._emit(rule, sku, [location_id], location_id, location_id in moved,
+                                   computed_at, channel_snapshots, next_version)
+            else:
+                members_moved = any(name in rules.channel_names_for(loc) for loc in moved)
+                self._emit(rule, sku, self._members_of(name, rules), None, members_moved,
+                           computed_at, channel_snapshots, next_version)
+        return position_snapshots, channel_snapshots
+
+    def republish(
+        self,
+        inventory: SkuInventory,
+        rules: Rules,
+        now_ms: int,
+        computed_at: int,
+        next_version: NextVersion,
+        *,
+        everything: bool,
+    ) -> Republished:
+        """Bring every key of the SKU in line with ``rules`` and the current state.
+
+        Used when the rules may have changed and after a restore. With ``everything``
+        each key is published again under a fresh version even if its value is what was
+        last recorded here: after a crash, a consumer may hold a newer snapshot than the
+        restored state knows of, which only a fresh version can replace. Channel keys
+        the rules no longer give a number (a removed channel, a location no longer
+        eligible) come back as ``deleted`` and are forgotten: their tombstones.
+        """
+        sku = inventory.sku
+        inventory.expire(now_ms)
+        self._members.clear()
+        self._contributions.clear()
+        positions: list[PositionSnapshot] = []
+        moved: set[str] = set()
+        published = self.positions
+        for location_id in inventory.positions:
+            quantities = inventory.position_quantities(location_id, rules)
+            previous = published.get(location_id)
+            if previous is not None and previous[0] == quantities and not everything:
+                continue
+            if previous is None or (previous[0].ats, previous[0].in_transit) != (
+                    quantities.ats, quantities.in_transit):
+                moved.add(location_id)
+            version = next_version(0 if previous is None else previous[1])
+            published[location_id] = (quantities, version)
+            positions.append(PositionSnapshot(sku, location_id, *quantities, version,
+                                              computed_at))
+
+        channels: list[ChannelSnapshot] = []
+        wanted: set[tuple[str, str | None]] = set()
+        for rule in rules.channels.values():
+            members = self._members_of(rule.name, rules)
+            if not members:
+                continue
+            if rule.per_location:
+                for location_id in members:
+                    wanted.add((rule.name, location_id))
+                    self._emit(rule, sku, [location_id], location_id,
+                               everything or location_id in moved, computed_at, channels,
+                               next_version)
+            else:
+                wanted.add((rule.name, None))
+                self._emit(rule, sku, members, None,
+                           everything or not moved.isdisjoint(members), computed_at,
+                           channels, next_version)
+        deleted = [channel_key(name, sku, location_id)
+                   for name, location_id in self.channels if (name, location_id) not in wanted]
+        for key in [key for key in self.channels if key not in wanted]:
+            del self.channels[key]
+        return Republished(positions, channels, deleted)
+
+    def _members_of(self, channel: str, rules: Rules) -> list[str]:
+        members = self._members.get(channel)
+        if members is None:
+            members = sorted(location_id for location_id in self.positions
+                             if channel in rules.channel_names_for(location_id))
+            self._members[channel] = members
+        return members
+
+    def _contribution(self, location_id: str) -> LocationContribution:
+        found = self._contributions.get(location_id)
+        if found is None:
+            quantities = self.positions[location_id][0]
+            found = LocationContribution(location_id, quantities.ats, quantities.in_transit)
+            self._contributions[location_id] = found
+        return found
+
+    def _emit(self, rule: ChannelRule, sku: str, members: list[str], location_id: str | None,
+              members_moved: bool, computed_at: int, out: list[ChannelSnapshot],
+              next_version: NextVersion) -> None:
+        """Recompute one channel number from published positions; append it if it changed.
+
+        The stored value is only ``(ats, as_of)``: the contributions are a function of
+        the published positions, and whether one of them moved is ``members_moved``, so
+        the state snapshotted every epoch does not carry a tuple per member location.
+        """
+        published = self.positions
+        pooled, as_of = pool(rule, [published[member][0] for member in members])
+        value = (channel_ats(rule, pooled), as_of)
+        key = (rule.name, location_id)
+        previous = self.channels.get(key)
+        if previous is not None and previous[0] == value and not members_moved:
+            return
+        version = next_version(0 if previous is None else previous[1])
+        self.channels[key] = (value, version)
+        contributions = tuple(self._contribution(member) for member in members)
+        out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,
+                                   computed_at, contributions))

@@ -1,0 +1,211 @@
+"""Snapshot records and the change-only, versioned publisher."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from availability_domain import snapshots
+from availability_domain.channels import LocationContribution
+from availability_domain.events import InventoryEvent, parse_event
+from availability_domain.inventory import SkuInventory
+from availability_domain.rules import ChannelRule, Rules, parse_rules
+from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
+
+T0 = 1_700_000_000_000
+RULES = parse_rules(
+    {
+        "locations": {
+            "DC1": {"type": "dc", "safety_stock": 1},
+            "S1": {"type": "store", "tags": ["pickup"]},
+            "S2": {"type": "store", "tags": ["pickup"]},
+        },
+        "channels": {
+            "web": {"location_types": ["dc"], "buffer": 1},
+            "amazon": {"locations": ["DC1"], "allocation": 0.5},
+            "pickup": {"location_tags": ["pickup"], "per_location": True},
+        },
+    },
+    "test",
+)
+
+
+def ev(event_id: str, kind: str, quantity: int = 1, location: str = "DC1",
+       at: int = 0, **fields: Any) -> InventoryEvent:
+    record = {
+        "event_id": event_id,
+        "event_type": kind,
+        "occurred_at": T0 + at,
+        "source": "test",
+        "sku": "A",
+        "location_id": location,
+        "quantity": quantity,
+        **fields,
+    }
+    if kind == "RESERVATION_CREATED":
+        record.setdefault("channel", "web")
+    return parse_event(record)
+
+
+class Harness:
+    def __init__(self, rules: Rules = RULES) -> None:
+        self.inventory = SkuInventory("A")
+        self.publisher = SnapshotPublisher()
+        self.rules = rules
+        self.clock = 0
+
+    def apply(
+        self, event: InventoryEvent, now: int = T0
+    ) -> tuple[list[PositionSnapshot], list[ChannelSnapshot]]:
+        outcome = self.inventory.apply_event(event, now)
+        return self.publish(outcome.touched, now)
+
+    def publish(
+        self, touched: tuple[str, ...], now: int = T0
+    ) -> tuple[list[PositionSnapshot], list[ChannelSnapshot]]:
+        self.clock += 1
+        return self.publisher.publish(self.inventory, touched, self.rules, now, self.clock)
+
+
+def test_first_publish_emits_version_one() -> None:
+    harness = Harness()
+    positions, channels = harness.apply(ev("1", "RECEIPT", 10))
+    assert positions == [
+        PositionSnapshot(
+            sku="A", location_id="DC1", on_hand=10, unsellable=0, reserved=0, in_transit=0,
+            safety_stock=1, ats=9, as_of=T0, version=1, computed_at=1,
+        )
+    ]
+    assert [(c.key, c.ats, c.version) for c in channels] == [("web|A", 8, 1), ("amazon|A", 4, 1)]
+
+
+def test_nothing_changed_means_no_snapshot() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    assert harness.publish(("DC1",)) == ([], [])
+    assert harness.apply(ev("1", "RECEIPT", 10)) == ([], [])
+    assert harness.publish(()) == ([], [])
+
+
+def test_versions_increase_by_one_per_key() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    positions, channels = harness.apply(ev("2", "SALE", 1))
+    assert [(p.key, p.version) for p in positions] == [("A|DC1", 2)]
+    assert [(c.key, c.ats, c.version) for c in channels] == [
+        ("web|A", 7, 2),
+        ("amazon|A", 4, 2),
+    ]
+    positions, channels = harness.apply(ev("3", "RECEIPT", 5, location="S1"))
+    assert [(p.key, p.version) for p in positions] == [("A|S1", 1)]
+    assert [(c.key, c.version) for c in channels] == [("pickup|A|S1", 1)]
+    positions, channels = harness.apply(ev("4", "SALE", 1, at=6))
+    assert [(p.key, p.version) for p in positions] == [("A|DC1", 3)]
+    assert [(c.key, c.ats, c.version) for c in channels] == [
+        ("web|A", 6, 3),
+        ("amazon|A", 3, 3),
+    ]
+
+
+def test_position_change_without_channel_change() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    positions, channels = harness.apply(ev("2", "RETURN", 2, restockable=False))
+    assert [(p.unsellable, p.version) for p in positions] == [(2, 2)]
+    assert channels == []
+
+
+def test_as_of_alone_changes_the_value() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    positions, channels = harness.apply(ev("2", "RETURN", 2, at=9, restockable=False))
+    assert positions[0].as_of == T0 + 9
+    assert [c.as_of for c in channels] == [T0 + 9, T0 + 9]
+
+
+def test_per_location_channel_publishes_only_touched_locations() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 3, location="S1"))
+    harness.apply(ev("2", "RECEIPT", 4, location="S2"))
+    positions, channels = harness.apply(ev("3", "SALE", 1, location="S2", at=1))
+    assert [p.key for p in positions] == ["A|S2"]
+    assert [(c.key, c.location_id, c.ats, c.version) for c in channels] == [
+        ("pickup|A|S2", "S2", 3, 2)
+    ]
+
+
+def test_only_affected_channels_are_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    computed: list[str] = []
+    real = snapshots.SnapshotPublisher._emit
+
+    def spy(self: snapshots.SnapshotPublisher, rule: ChannelRule, *args: Any) -> None:
+        computed.append(rule.name)
+        real(self, rule, *args)
+
+    monkeypatch.setattr(snapshots.SnapshotPublisher, "_emit", spy)
+    harness.apply(ev("2", "RECEIPT", 1, location="S1"))
+    assert computed == ["pickup"]
+    computed.clear()
+    harness.apply(ev("3", "RECEIPT", 1, location="X9"))
+    assert computed == []
+    harness.apply(ev("4", "SALE", 1))
+    assert computed == ["web", "amazon"]
+
+
+def test_transfer_publishes_both_ends() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    positions, channels = harness.apply(
+        ev("2", "TRANSFER_SHIPPED", 4, transfer_id="t1", counterparty_location_id="S1", at=1)
+    )
+    assert [(p.key, p.on_hand, p.in_transit) for p in positions] == [
+        ("A|DC1", 6, 0),
+        ("A|S1", 0, 4),
+    ]
+    assert [c.key for c in channels] == ["web|A", "amazon|A", "pickup|A|S1"]
+
+
+def test_publish_brings_expiry_up_to_now() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    positions, _ = harness.apply(
+        ev("2", "RESERVATION_CREATED", 4, reservation_id="r1", expires_at=T0 + 100)
+    )
+    assert positions[0].reserved == 4
+    assert harness.publish((), now=T0 + 99) == ([], [])
+    positions, channels = harness.publish((), now=T0 + 100)
+    assert [(p.reserved, p.ats, p.version) for p in positions] == [(0, 9, 3)]
+    assert [c.key for c in channels] == ["web|A", "amazon|A"]
+
+
+def test_records_match_the_schema_fields() -> None:
+    position = PositionSnapshot("A", "DC1", 5, 1, 2, 3, 1, 2, T0, 4, T0 + 5)
+    assert position.key == "A|DC1"
+    assert position.to_record() == {
+        "sku": "A", "location_id": "DC1", "on_hand": 5, "unsellable": 1, "reserved": 2,
+        "in_transit": 3, "safety_stock": 1, "ats": 2, "as_of": T0, "version": 4,
+        "computed_at": T0 + 5,
+    }
+    contributions = (LocationContribution("DC1", 2, 3),)
+    pooled = ChannelSnapshot("web", "A", None, 2, T0, 1, T0, contributions)
+    assert pooled.key == "web|A"
+    assert pooled.to_record() == {
+        "channel": "web", "sku": "A", "location_id": None, "ats": 2, "as_of": T0,
+        "version": 1, "computed_at": T0,
+        "locations": [{"location_id": "DC1", "ats": 2, "in_transit": 3}],
+    }
+    per_location = ChannelSnapshot("pickup", "A", "S1", 2, T0, 1, T0, ())
+    assert per_location.key == "pickup|A|S1"
+
+
+def test_publisher_pickles_with_its_versions() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    harness.publisher = pickle.loads(pickle.dumps(harness.publisher))
+    harness.inventory = pickle.loads(pickle.dumps(harness.inventory))
+    positions, _ = harness.apply(ev("2", "SALE", 1, at=1))
+    assert positions[0].version == 2
