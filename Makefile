@@ -27,7 +27,8 @@ test: setup
 
 test-slow: setup
 	$(BIN)/availability kafka start
-	$(BIN)/pytest -m slow $(PYTEST_ARGS); status=$$?; $(BIN)/availability kafka stop; exit $$status
+	$(BIN)/pytest -m slow $(PYTEST_ARGS); status=$$?; $(BIN)/availability kafka stop; \
+	  if [ $$status -eq 5 ]; then echo "no test is marked slow"; exit 0; fi; exit $$status
 
 # Style, the layer contract (pyproject.toml [tool.importlinter]), types (strict for the
 # domain and the contracts), and generated gRPC code up to date with the .proto.

@@ -76,3 +76,10 @@ def test_released_accepts_zero_quantity() -> None:
 def test_record_round_trip() -> None:
     event = parse_event(record(event_type="RETURN", restockable=False))
     assert parse_event(event.to_record()) == event
+
+
+def test_event_types_follow_the_schema_symbols_in_order() -> None:
+    """The Avro enum index is the wire value: the domain's order must be the schema's."""
+    from availability_contracts.schemas import event_types
+
+    assert tuple(kind.value for kind in EventType) == event_types()
