@@ -21,24 +21,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from availability_api import metrics
-from availability_api.credentials import ServerTls, server_credentials
+from availability_api.credentials import server_credentials
 from availability_api.decoding import RequestDecodingInterceptor
 from availability_api.feed import ChangeFeed
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
 from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer
+from availability_api.settings import ApiSettings
 from availability_api.store import ReplicaStore, StoreError
 from availability_contracts.codec import Codec
-from availability_contracts.topics import TopicNames
 
 log = logging.getLogger("availability.api")
 
@@ -49,21 +47,6 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 HEALTH_SERVICES = ("", SERVICE_NAME)
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    data_dir: Path
-    brokers: str
-    topics: TopicNames = field(default_factory=TopicNames)
-    host: str = "[::]"
-    port: int = 50051  # 0 picks a free port (see ApiServer.port)
-    tls: ServerTls | None = None
-    schema_registry: str | None = None
-    drain_seconds: float = 2.0
-    grace_seconds: float = 5.0
-    metrics_port: int = 0
-    """Prometheus /metrics port; 0: off (the CLI's default is 9109)."""
 
 
 class ApiServer:

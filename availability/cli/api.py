@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
+from availability_api.settings import ApiSettings
+
+DEFAULTS = ApiSettings.defaults()
 
 if TYPE_CHECKING:  # imported lazily: `availability --help` need not load grpc
     from availability_api.server import ApiServer
@@ -35,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="the replica's RocksDB (created on first run; one replica "
                              "at a time)")
-    parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free one)")
-    parser.add_argument("--host", default="[::]", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULTS.port,
+                        help="gRPC port (0: any free one)")
+    parser.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
     add_brokers_argument(parser)
     parser.add_argument("--schema-registry", default=None,
                         help="Confluent Schema Registry URL (default: plain Avro)")
@@ -48,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="CA of client certificates: turns on mutual TLS")
     parser.add_argument("--metrics-port", type=int, default=9109,
                         help="Prometheus /metrics port; 0 turns it off")
-    parser.add_argument("--drain-seconds", type=float, default=2.0,
+    parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                         help="on shutdown, seconds answered as NOT_SERVING before stopping")
-    parser.add_argument("--grace-seconds", type=float, default=5.0,
+    parser.add_argument("--grace-seconds", type=float, default=DEFAULTS.grace_seconds,
                         help="on shutdown, seconds in-flight calls get to finish")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -59,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from availability_api.credentials import TlsError, server_tls
-    from availability_api.server import ApiServer, ApiSettings
+    from availability_api.server import ApiServer
     from availability_api.store import StoreError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
