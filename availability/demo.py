@@ -36,6 +36,7 @@ from availability_contracts.topics import TopicNames
 from availability_domain.events import EventType, InventoryEvent
 from availability_domain.rules import load_rules
 from availability_kafka.admin import create_topics
+from availability_kafka.config import KafkaConnection, load_kafka_config
 from availability_kafka.delivery import ConfirmedProducer
 
 HOT_SKUS = 4
@@ -53,6 +54,28 @@ class DemoSettings:
     skus: int = 5_000
     api_port: int = 50051
     topics: TopicNames = field(default_factory=TopicNames)
+    kafka_config: Path | None = None
+    api_metrics_port: int = 9190
+    http_port: int = 8080
+    engine_metrics_port: int = 9108
+    linger_s: float = 0.0
+    """After the replay, how long the engine and the API stay up for questions."""
+    local_kafka: bool = True
+    started_kafka: bool = False
+    """True when this demo started the local broker (it is left running)."""
+
+    def connection_args(self) -> list[str]:
+        """--brokers, the topics and --kafka-config, for the commands the demo starts."""
+        topics = self.topics
+        argv = ["--brokers", self.brokers, "--events-topic", topics.events,
+                "--dlq-topic", topics.dlq, "--positions-topic", topics.positions,
+                "--channels-topic", topics.channels]
+        if self.kafka_config is not None:
+            argv += ["--kafka-config", str(self.kafka_config)]
+        return argv
+
+    def connection(self) -> KafkaConnection:
+        return load_kafka_config(self.kafka_config, self.brokers)
 
 
 @dataclass
@@ -76,9 +99,8 @@ class LiveStats:
 def watch_snapshots(settings: DemoSettings, stats: LiveStats, stop: threading.Event) -> None:
     """Tail the channel and DLQ topics from their current end."""
     codec = Codec()
-    consumer = Consumer({"bootstrap.servers": settings.brokers,
-                         "group.id": f"availability-demo-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.connection().client() | {
+        "group.id": f"availability-demo-{uuid.uuid4()}", "enable.auto.commit": False})
     topics = [settings.topics.channels, settings.topics.dlq]
     assignment = []
     for topic in topics:
@@ -176,17 +198,19 @@ def render(stats: LiveStats, produced: int, rate: float, share: float) -> Group:
 
 
 def start_engine(settings: DemoSettings, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "availability", "engine", "--brokers", settings.brokers,
+    argv = [sys.executable, "-m", "availability", "engine", *settings.connection_args(),
             "--rules", str(settings.rules), "--recovery-dir",
             str(settings.state_dir / "recovery"), "--processes", str(settings.processes),
-            "--epoch-interval", "2"]
+            "--epoch-interval", "2", "--metrics-port", str(settings.engine_metrics_port)]
     return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def start_api(settings: DemoSettings, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "availability", "api", "--brokers", settings.brokers,
-            "--data-dir", str(settings.state_dir / "api"), "--port", str(settings.api_port)]
+    argv = [sys.executable, "-m", "availability", "api", *settings.connection_args(),
+            "--data-dir", str(settings.state_dir / "api"), "--port", str(settings.api_port),
+            "--metrics-port", str(settings.api_metrics_port),
+            "--http-port", str(settings.http_port)]
     return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -222,7 +246,7 @@ def print_answers(settings: DemoSettings, console: Console) -> None:
         except ApiError as exc:
             table.add_row("error", str(exc))
     console.print(table)
-    console.print("Ask it yourself while it runs:\n"
+    console.print("The engine and the API are still up; ask the API yourself:\n"
                   f"  availability query --target {target} --channel web --sku {hot[0]}\n"
                   f"  availability query --target {target} --channel pickup --sku {hot[0]} "
                   "--location S001")
@@ -238,8 +262,10 @@ def client_health(client: object) -> str:
 
 
 def run_demo(settings: DemoSettings, console: Console) -> int:
+    """The demo; 0 when the replay ran through, 130 when Ctrl-C cut it short."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    create_topics(settings.brokers, settings.topics, partitions=4)
+    connection = settings.connection()
+    create_topics(connection, settings.topics, partitions=4)
     log = settings.state_dir / "engine.log"
     console.print(f"starting the engine ({settings.processes} processes), log: {log}")
     engine = start_engine(settings, log)
@@ -249,10 +275,11 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     watcher = threading.Thread(target=watch_snapshots, args=(settings, stats, stop),
                                daemon=True)
     watcher.start()
-    producer = ConfirmedProducer(settings.brokers)
+    producer = ConfirmedProducer(connection)
     codec = Codec()
     topic = settings.topics.events
     produced = 0
+    code = 0
     try:
         for event in opening_stock(settings):
             producer.produce(topic, codec.encode_event(event, topic), event.position_key)
@@ -284,8 +311,16 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             time.sleep(3)
             live.update(render(stats, produced, 0, 1.0))
         print_answers(settings, console)
+        if settings.linger_s > 0:
+            shown = "until Ctrl-C" if settings.linger_s == float("inf") else (
+                f"for {settings.linger_s:g} s (Ctrl-C stops them sooner)")
+            console.print(f"keeping the engine and the API up {shown}")
+            deadline = time.monotonic() + settings.linger_s
+            while time.monotonic() < deadline and engine.poll() is None:
+                time.sleep(0.5)
     except KeyboardInterrupt:
-        console.print("interrupted: stopping what the demo started")
+        console.print("interrupted: stopping the engine and the API the demo started")
+        code = 130
     finally:
         stop.set()
         stop_process(api, sig=signal.SIGINT, timeout=40, group=True)
@@ -295,4 +330,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     console.print(f"  availability engine --rules {settings.rules} --recovery-dir "
                   f"{settings.state_dir / 'recovery'}   # resumes where the demo stopped")
     console.print(f"  availability api --data-dir {settings.state_dir / 'api'}")
-    return 0
+    if settings.local_kafka:
+        how = "the demo started it" if settings.started_kafka else "it was already running"
+        console.print(f"The local Kafka broker at {settings.brokers} keeps running ({how}); "
+                      "`availability kafka stop` stops it.")
+    return code

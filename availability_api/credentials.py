@@ -2,12 +2,15 @@
 
 Server: certificate + key turn TLS on; a client CA on top turns on mutual TLS, where
 a client must present a certificate signed by that CA or the handshake is refused.
+The same :class:`ServerTls` secures the gRPC port (:func:`server_credentials`) and the
+HTTP/JSON port (:func:`server_ssl_context`).
 Client: a CA to trust the server (system roots when absent), and for mutual TLS its
 own certificate + key.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,29 @@ def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     client_ca = _read(tls.client_ca, "client CA") if tls.client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                        require_client_auth=client_ca is not None)
+
+
+def server_ssl_context(tls: ServerTls) -> ssl.SSLContext:
+    """The HTTP/JSON port's TLS: same files and rules as :func:`server_credentials`
+    (TLS 1.2 or newer; with a client CA, a client certificate it signed is required)."""
+    for path, what in ((tls.cert, "TLS certificate"), (tls.key, "TLS key")):
+        _read(path, what)  # a missing file is named the same way as for gRPC
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        raise TlsError(f"cannot use TLS certificate {tls.cert} with key {tls.key}: "
+                       f"{exc.reason or exc}") from None
+    if tls.client_ca is not None:
+        ca = _read(tls.client_ca, "client CA")
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii", errors="replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise TlsError(f"cannot use client CA {tls.client_ca}: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def channel_credentials(ca: Path | None = None, cert: Path | None = None,

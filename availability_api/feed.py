@@ -1,4 +1,4 @@
-"""Fans applied channel values out to WatchAvailability streams.
+"""Fans applied channel values out to watch streams (gRPC WatchAvailability, HTTP SSE).
 
 The replica thread publishes each applied batch; delivery happens inside the server's
 event loop. A subscription holds only the latest undelivered value per key, so a slow
@@ -38,9 +38,18 @@ class Subscription:
         self._closed = True
         self._ready.set()
 
-    async def changes(self) -> list[tuple[str, bytes]]:
-        """Wait for and take every pending change; FeedClosed once the feed closes."""
-        await self._ready.wait()
+    async def changes(self, timeout: float | None = None) -> list[tuple[str, bytes]]:
+        """Wait for and take every pending change; FeedClosed once the feed closes.
+
+        With ``timeout``, an empty list after that many seconds without a change.
+        """
+        if timeout is None:
+            await self._ready.wait()
+        else:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
         if self._closed:
             raise FeedClosed
         self._ready.clear()

@@ -1,6 +1,10 @@
 """Prometheus metrics of the API replica: requests by method and status, latency, lag.
 
-Collected by a server interceptor, so the servicer stays free of bookkeeping.
+gRPC calls are counted by a server interceptor, so the servicer stays free of
+bookkeeping, under their method name and status code (``GetAvailability``, ``OK``);
+HTTP/JSON requests by the middleware of :mod:`http_api`, under ``http <VERB> <route>``
+(``http GET availability``) and their HTTP status (``200``, ``400``), through
+:func:`observe`.
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from availability_api.settings import listen_host
+
 log = logging.getLogger("availability.api")
 
 REQUESTS = Counter(
     "availability_api_requests",
-    "Finished RPCs by method and gRPC status code.",
+    "Finished requests: gRPC by method and status code, HTTP by 'http VERB route' and "
+    "HTTP status.",
     ["method", "code"],
 )
 LATENCY = Histogram(
     "availability_api_request_seconds",
-    "Server-side RPC latency by method (for WatchAvailability: the stream's lifetime).",
+    "Server-side latency by method (for a watch or an HTTP stream: its lifetime).",
     ["method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300),
 )
@@ -118,15 +125,23 @@ def _timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
     return call
 
 
-def serve(port: int, lag: Callable[[], float]) -> bool:
-    """Expose /metrics on ``port`` (0: off); a busy port is logged, not fatal."""
+def observe(method: str, code: str, seconds: float) -> None:
+    """Count one finished request (the HTTP front end's entry point)."""
+    LATENCY.labels(method).observe(seconds)
+    REQUESTS.labels(method, code).inc()
+
+
+def serve(port: int, lag: Callable[[], float], host: str = "127.0.0.1") -> bool:
+    """Expose /metrics on ``host:port`` (port 0: off); a busy port is logged, not fatal."""
     REPLICA_LAG.set_function(lag)
     if not port:
         return False
+    address = listen_host(host)
     try:
-        start_http_server(port)
+        start_http_server(port, addr=address)
     except OSError as exc:
-        log.warning("metrics not served: port %d: %s", port, exc)
+        log.warning("metrics not served: %s:%d: %s", host, port, exc)
         return False
-    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    shown = f"[{address}]" if ":" in address else address
+    log.info("metrics on http://%s:%d/metrics", shown, port)
     return True

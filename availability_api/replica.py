@@ -1,10 +1,16 @@
 """The read replica: tails the compacted snapshot topics into the local store.
 
 A background thread consumes ``availability.positions`` and ``availability.channels``
-with manual partition assignment (no consumer group, nothing committed to Kafka). Each
-polled batch becomes one atomic store write holding the new values *and* the next
-offset of every partition it read, so a restart resumes from the stored offsets and
-never re-reads the topics from the beginning.
+with manual partition assignment (it never joins a consumer group). Each polled batch
+becomes one atomic store write holding the new values *and* the next offset of every
+partition it read, so a restart resumes from the stored offsets and never re-reads the
+topics from the beginning.
+
+So that operators' lag tools see the replica, the offsets just written are also
+*reported* to the consumer group ``availability-api.<replica id>`` (the id is kept in
+the data dir, so a restarted replica keeps its group): asynchronous commits, at most
+one per :data:`COMMIT_INTERVAL_S`, never read back. The store stays the truth; a
+failed commit is logged and changes nothing else.
 
 Rules applied per key: a snapshot whose version is not newer than the one held (in the
 store or earlier in the same batch) is dropped; a tombstone deletes the key; the
@@ -33,6 +39,7 @@ from availability_contracts.codec import Codec
 from availability_contracts.keys import channel_key, position_key
 from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
 from availability_contracts.topics import TopicNames
+from availability_kafka.config import KafkaConnection
 
 log = logging.getLogger("availability.api.replica")
 
@@ -41,24 +48,45 @@ Pending = dict[str, tuple[bytes | None, int, bool]]
 """Key -> (frame or None for a tombstone, version, a tombstone came first in the batch)."""
 
 CONSUMER_CONFIG: dict[str, Any] = {
-    "group.id": "availability-api-replica",  # required by librdkafka; never joined
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
     "enable.partition.eof": True,  # EOF offsets step over compaction gaps
-    "auto.offset.reset": "earliest",
     "allow.auto.create.topics": False,
     "fetch.wait.max.ms": 100,  # idle fetches return sooner: fresher lag and EOF offsets
 }
+"""Client defaults; a ``--kafka-config`` file may override them."""
+
+_FIXED_CONFIG: dict[str, Any] = {
+    "enable.auto.commit": False,  # the replica commits its progress report itself
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    # the never-joined group's session: how long a commit waits for an unreachable
+    # coordinator, so close() does not hang on a report (45 s by default)
+    "session.timeout.ms": 2000,
+}
+"""Applied over every other setting (``group.id`` too: :func:`replica_group_id`)."""
+
+GROUP_PREFIX = "availability-api."
+COMMIT_INTERVAL_S = 1.0
+"""At most one progress commit per this many seconds."""
+COMMIT_REFRESH_S = 60.0
+"""Unchanged offsets are committed again this often, so the broker does not expire them
+(``offsets.retention.minutes``) while the topics are quiet."""
+FAILURE_LOG_INTERVAL_S = 60.0
+
+
+def replica_group_id(replica_id: str) -> str:
+    """The consumer group a replica reports to: ``availability-api.<replica id>``."""
+    return f"{GROUP_PREFIX}{replica_id}"
 
 
 class Replica:
     """Applies snapshot records to a :class:`ReplicaStore` on its own thread."""
 
-    def __init__(self, store: ReplicaStore, brokers: str, topics: TopicNames,
+    def __init__(self, store: ReplicaStore, brokers: KafkaConnection | str, topics: TopicNames,
                  codec: Codec | None = None, *, batch_size: int = 5000,
                  poll_timeout: float = 0.05, metadata_interval: float = 10.0) -> None:
         self.store = store
         self.brokers = brokers
+        self._where = KafkaConnection.of(brokers).describe()  # for logs: secrets masked
         self.topics = topics
         self.codec = codec or Codec()
         self.batch_size = batch_size
@@ -78,6 +106,15 @@ class Replica:
         self.on_change: ChangeListener = lambda changes: None
         self.on_caught_up: Callable[[], None] = lambda: None
         self.on_stopped: Callable[[BaseException | None], None] = lambda failure: None
+        self.group_id = replica_group_id(store.replica_id)
+        """Consumer group the progress is reported to (a report: the store is the truth)."""
+        self.commit_failures = 0
+        self._committed: dict[TopicPartitionKey, int] = {}
+        self._commit_due = 0.0
+        self._committed_at = 0.0
+        self._commit_in_flight_since: float | None = None
+        self._commit_failing = False
+        self._failure_logged_at = float("-inf")
         self._offsets: dict[TopicPartitionKey, int] = store.offsets()
         self._targets: dict[TopicPartitionKey, int] = {}
         self._high: dict[TopicPartitionKey, int] = {}
@@ -92,6 +129,8 @@ class Replica:
 
     def start(self) -> Replica:
         self._started_at = time.monotonic()
+        log.info("replica %s reports its progress to consumer group %s (the offsets that "
+                 "count are in %s)", self.store.replica_id, self.group_id, self.store.path)
         self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
         self._thread.start()
         return self
@@ -107,11 +146,14 @@ class Replica:
 
     def _run(self) -> None:
         try:
-            consumer = Consumer({**CONSUMER_CONFIG, "bootstrap.servers": self.brokers})
+            consumer = Consumer(KafkaConnection.of(self.brokers).client(CONSUMER_CONFIG)
+                                | _FIXED_CONFIG
+                                | {"group.id": self.group_id, "on_commit": self._on_commit})
             try:
                 self._consume(consumer)
+                self._report_progress(consumer, final=True)
             finally:
-                consumer.close()
+                consumer.close()  # waits for a commit in flight
         except StoreError as exc:  # full disk, read-only volume: the text says which
             self.failure = exc
             log.error("replica stopped: %s", exc)
@@ -135,11 +177,62 @@ class Replica:
             if messages:
                 self._apply(messages)
             self._update_lag(consumer)
+            self._report_progress(consumer)
             if not self.caught_up.is_set() and self._startup_ends_reached():
                 self.caught_up.set()
                 log.info("caught up in %.1fs: %d records applied, lag %d",
                          time.monotonic() - self._started_at, self.records_applied, self.lag)
                 self.on_caught_up()
+
+    # progress report -------------------------------------------------------------
+
+    def _report_progress(self, consumer: Consumer, final: bool = False) -> None:
+        """Commit the stored offsets to :attr:`group_id`, asynchronously, when they moved
+        (at most every :data:`COMMIT_INTERVAL_S`) or are due a refresh; never raises."""
+        now = time.monotonic()
+        if not final and now < self._commit_due:
+            return
+        self._commit_due = now + COMMIT_INTERVAL_S
+        if (not final and self._commit_in_flight_since is not None
+                and now - self._commit_in_flight_since < COMMIT_REFRESH_S):
+            return  # the previous one is still on its way (coordinator slow or down)
+        offsets = {key: offset for key, offset in self._offsets.items() if offset >= 0}
+        if not offsets or (offsets == self._committed
+                           and now - self._committed_at < COMMIT_REFRESH_S):
+            return
+        try:
+            consumer.commit(offsets=[KafkaPartition(topic, partition, offset)
+                                     for (topic, partition), offset in offsets.items()],
+                            asynchronous=True)
+        except (KafkaException, RuntimeError) as exc:
+            self._commit_failed(str(exc))
+            return
+        self._commit_in_flight_since = now
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[KafkaPartition]) -> None:
+        """librdkafka's ``on_commit`` callback, served by ``consume`` on the replica thread."""
+        self._commit_in_flight_since = None
+        failed = [tp for tp in partitions if tp.error is not None]
+        if error is not None or failed:
+            self._commit_failed(str(error if error is not None else failed[0].error))
+        for tp in partitions:
+            if tp.error is None:
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+        if error is None and not failed:
+            self._committed_at = time.monotonic()
+            if self._commit_failing:
+                self._commit_failing = False
+                log.info("progress committed to consumer group %s again", self.group_id)
+
+    def _commit_failed(self, reason: str) -> None:
+        self.commit_failures += 1
+        self._commit_failing = True
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:
+            self._failure_logged_at = now
+            log.warning("cannot commit progress to consumer group %s (a report for lag "
+                        "tools only; the store keeps the offsets): %s (%d failures so far)",
+                        self.group_id, reason, self.commit_failures)
 
     # partitions ------------------------------------------------------------------
 
@@ -151,7 +244,7 @@ class Replica:
             try:
                 partitions = self._new_partitions(consumer, topic)
             except KafkaException as exc:  # broker unreachable: keep trying, NOT_SERVING
-                log.warning("cannot read metadata of %s from %s: %s", topic, self.brokers,
+                log.warning("cannot read metadata of %s from %s: %s", topic, self._where,
                             exc)
                 partitions = None
             if partitions is None:
@@ -177,7 +270,7 @@ class Replica:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             if topic not in self._missing:  # say it once, not every retry
-                log.warning("waiting for topic %s on %s", topic, self.brokers)
+                log.warning("waiting for topic %s on %s", topic, self._where)
                 self._missing.add(topic)
             return None
         self._missing.discard(topic)

@@ -1,17 +1,20 @@
-"""The API process: replica + asyncio gRPC server, with health, reflection and TLS.
+"""The API process: replica + asyncio gRPC server, with health, reflection and TLS, and
+the HTTP/JSON port (:mod:`http_api`) on the same loop.
 
-Lifecycle, as a load balancer sees it through ``grpc.health.v1``:
+Lifecycle, as a load balancer sees it through ``grpc.health.v1`` (or HTTP ``/readyz``):
 
-1. start: the port is open, health NOT_SERVING while the replica catches up with the
-   topic ends it found at startup (reads would be stale);
+1. start: the ports are open, health NOT_SERVING (``/readyz`` 503) while the replica
+   catches up with the topic ends it found at startup (reads would be stale);
 2. caught up: SERVING, for the overall server ("") and for AvailabilityService;
-3. stop (SIGTERM/SIGINT in ``availability api``): NOT_SERVING for ``drain_seconds``
-   while calls are still answered, so balancers move traffic away; then Watch streams
-   end with UNAVAILABLE, in-flight calls get ``grace_seconds`` to finish, the replica
-   stops after its current batch and the store is closed.
+   ``/readyz`` 200;
+3. stop (SIGTERM/SIGINT in ``availability api``): NOT_SERVING (``/readyz`` 503) for
+   ``drain_seconds`` while calls and requests are still answered, so balancers move
+   traffic away; then Watch streams end with UNAVAILABLE and HTTP streams with a
+   ``shutdown`` event, in-flight calls and requests get ``grace_seconds`` to finish,
+   the replica stops after its current batch and the store is closed.
 
-The server is asyncio (``grpc.aio``): a Watch stream is a suspended coroutine, not a
-parked thread, so many watchers cost little. Store reads are microseconds and run on
+The servers are asyncio (``grpc.aio``, aiohttp): a watch is a suspended coroutine, not
+a parked thread, so many watchers cost little. Store reads are microseconds and run on
 the event loop; the replica writes from its own thread.
 """
 
@@ -24,13 +27,14 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from availability_api import metrics
-from availability_api.credentials import server_credentials
+from availability_api import metrics, reflection
+from availability_api.credentials import server_credentials, server_ssl_context
 from availability_api.decoding import RequestDecodingInterceptor
 from availability_api.feed import ChangeFeed
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_api.http_api import HttpApi, HttpServer
+from availability_api.lookups import Lookups
 from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer
@@ -50,11 +54,16 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
 class ApiServer:
-    """One replica and the gRPC server answering from it."""
+    """One replica and the gRPC (and HTTP/JSON) server answering from it."""
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         self.port = 0
+        self.http_port = 0
+        """The bound HTTP/JSON port; 0 while it is off."""
+        self.serving = False
+        """What health says: True once caught up, False again from the shutdown on."""
+        self.http: HttpServer | None = None
         self.store: ReplicaStore | None = None
         self.replica: Replica | None = None
         self.feed: ChangeFeed | None = None
@@ -78,19 +87,33 @@ class ApiServer:
             self.replica.on_caught_up = lambda: self._from_thread(loop, self._mark_serving)
             self.replica.on_stopped = lambda failure: self._from_thread(
                 loop, self._replica_stopped.set)
+            lookups = Lookups(self.store, self.replica, self.feed)
             self._server = grpc.aio.server(  # outermost first: undecodable ones are counted
                 options=SERVER_OPTIONS,
                 interceptors=[MetricsInterceptor(), RequestDecodingInterceptor()])
             pb_grpc.add_AvailabilityServiceServicer_to_server(
-                AvailabilityServicer(self.store, self.replica, self.feed), self._server)
+                AvailabilityServicer(lookups), self._server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
             for service in HEALTH_SERVICES:
                 await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            reflection.enable(self._server, (SERVICE_NAME, health.SERVICE_NAME))
+            if settings.http_port is not None:  # bound first: a taken port fails early
+                self.http = HttpServer(
+                    HttpApi(lookups, lambda: self.serving,
+                            keepalive_seconds=settings.sse_keepalive_seconds),
+                    settings.http_address, settings.http_port,
+                    server_ssl_context(settings.tls) if settings.tls else None,
+                    settings.grace_seconds)
+                self.http_port = self.http.bind()
             self.port = self._bind(self._server)
             await self._server.start()
+            if self.http is not None:
+                await self.http.start()
         except BaseException:
+            if self._server is not None:
+                await self._server.stop(0)
+            if self.http is not None:
+                await self.http.stop()
             self.store.close()
             raise
         scheme = "mutual TLS" if settings.tls and settings.tls.mutual else (
@@ -98,9 +121,12 @@ class ApiServer:
         log.info("listening on %s:%d (%s), NOT_SERVING until caught up with %s and %s",
                  settings.host, self.port, scheme, settings.topics.positions,
                  settings.topics.channels)
+        if self.http is not None:
+            log.info("HTTP/JSON on %s (%s), /readyz 503 until caught up", self.http.url,
+                     scheme)
         self.replica.start()
         replica = self.replica
-        metrics.serve(settings.metrics_port, lambda: replica.lag)
+        metrics.serve(settings.metrics_port, lambda: replica.lag, settings.metrics_host)
         return self.port
 
     def _bind(self, server: grpc.aio.Server) -> int:
@@ -133,6 +159,7 @@ class ApiServer:
             return  # shutdown keeps NOT_SERVING
         for service in HEALTH_SERVICES:
             await self.health.set(service, status)
+        self.serving = status == health_pb2.HealthCheckResponse.SERVING
         log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
     async def serve(self, stop: asyncio.Event) -> int:
@@ -154,16 +181,21 @@ class ApiServer:
         return 1 if failure is not None else 0
 
     async def stop(self, drain: bool = True) -> None:
-        """NOT_SERVING, drain, end streams, stop the server, the replica and the store."""
+        """NOT_SERVING, drain, end streams, stop the servers, the replica and the store."""
         self._stopping = True
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         log.info("health: NOT_SERVING, draining for %.1fs", self.settings.drain_seconds)
         if drain and self.settings.drain_seconds > 0:
             await asyncio.sleep(self.settings.drain_seconds)
         if self.feed is not None:
             self.feed.close()
+        servers = []  # both get the same grace period, at the same time
         if self._server is not None:
-            await self._server.stop(self.settings.grace_seconds)
+            servers.append(self._server.stop(self.settings.grace_seconds))
+        if self.http is not None:
+            servers.append(self.http.stop())
+        await asyncio.gather(*servers)
         if self.replica is not None:
             await asyncio.to_thread(self.replica.stop)
         if self.store is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from availability_contracts.topics import TopicNames
+from availability_kafka.config import KafkaConnection
 
 if TYPE_CHECKING:
     from availability_api.credentials import ServerTls
@@ -16,18 +17,47 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ApiSettings:
     data_dir: Path
-    brokers: str
+    brokers: KafkaConnection | str
     topics: TopicNames = field(default_factory=TopicNames)
     host: str = "[::]"
     port: int = 50051
-    """0 picks a free port (see ApiServer.port)."""
+    """gRPC port; 0 picks a free port (see ApiServer.port)."""
     tls: ServerTls | None = None
+    """Secures the gRPC and the HTTP/JSON port alike."""
     schema_registry: str | None = None
     drain_seconds: float = 2.0
     grace_seconds: float = 5.0
+    http_port: int | None = None
+    """HTTP/JSON port; None: off, 0: any free one (see ApiServer.http_port). The CLI's
+    default is :data:`HTTP_PORT`, and its ``--http-port 0`` turns it off, like
+    ``--metrics-port 0``."""
+    http_host: str | None = None
+    """Address of the HTTP/JSON port; None: the same as ``host``."""
     metrics_port: int = 0
-    """Prometheus /metrics port; 0: off (the CLI's default is 9109)."""
+    """Prometheus /metrics port; 0: off (the CLI's default is :data:`METRICS_PORT`)."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the /metrics port: loopback unless told otherwise."""
+    sse_keepalive_seconds: float = 15.0
+    """An HTTP stream without changes for this long gets a comment line, so proxies keep
+    it open and a client that went away is noticed."""
+
+    @property
+    def http_address(self) -> str:
+        return self.host if self.http_host is None else self.http_host
 
     @classmethod
     def defaults(cls) -> ApiSettings:
-        return cls(data_dir=Path("api-data"), brokers="127.0.0.1:9092")
+        """What ``availability api`` runs with when given no option."""
+        return cls(data_dir=Path("api-data"), brokers="127.0.0.1:9092",
+                   http_port=HTTP_PORT, metrics_port=METRICS_PORT)
+
+
+HTTP_PORT = 8080
+"""The CLI's default ``--http-port`` (gRPC is on 50051)."""
+METRICS_PORT = 9190
+"""The CLI's default ``--metrics-port``: clear of the engine's 9108 + process index."""
+
+
+def listen_host(host: str) -> str:
+    """``host`` as a socket address: without the brackets gRPC takes around IPv6."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

@@ -8,12 +8,15 @@ One namespace byte, then UTF-8 text:
 ``k`` + ``channel``                    ``pooled`` or ``per-location``: channels seen
 ``o`` + ``topic|partition``            next offset to read, 8 bytes big-endian
 ``m:topics``                           ``positions-topic|channels-topic`` of the data
+``m:replica-id``                       this data dir's replica id (``host-8hex``)
 ====================================  ==============================================
 
 Values and the offsets that produced them are written in one WriteBatch, so after a
 crash the store holds exactly the records up to its stored offsets and a restart
 resumes there. A data dir remembers which topics it was built from and refuses others,
-so two sources never mix in one store.
+so two sources never mix in one store. The replica id is made once, when the data dir
+is created (or first opened by a version that has it), and names the consumer group the
+replica reports its progress to, so a restarted replica keeps its group.
 
 One writer per data dir: ``replica.lock`` next to the RocksDB files holds the pid of
 the replica that has it open, under an ``flock``. The kernel drops the lock when that
@@ -29,6 +32,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import secrets
+import socket
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +51,7 @@ POSITION = b"p"
 KIND = b"k"
 OFFSET = b"o"
 TOPICS = b"m:topics"
+REPLICA_ID = b"m:replica-id"
 POOLED = b"pooled"
 PER_LOCATION = b"per-location"
 _OFFSET = struct.Struct(">q")
@@ -83,6 +90,14 @@ class StoreChanges:
 
     def __bool__(self) -> bool:
         return bool(self.channels or self.positions or self.kinds or self.offsets)
+
+
+def new_replica_id(hostname: str | None = None) -> str:
+    """``<hostname>-<8 hex>``: the host for people, the hex so two replicas of one host
+    (or hosts of one name) differ. The host keeps letters, digits, ``.``, ``_``, ``-``."""
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-",
+                  socket.gethostname() if hostname is None else hostname).strip("-.")
+    return f"{host[:64] or 'replica'}-{secrets.token_hex(4)}"
 
 
 def _options() -> Options:
@@ -144,9 +159,23 @@ class ReplicaStore:
                     f"data dir {path} holds snapshots of topics {stored.decode()!r}, not "
                     f"{source.decode()!r}; use another --data-dir for other topics"
                 )
+            self.replica_id: str = self._replica_id()
         except BaseException:
             self._release()
             raise
+
+    def _replica_id(self) -> str:
+        """This data dir's replica id, made and stored on first use."""
+        stored = self._db.get(REPLICA_ID)
+        if stored is not None:
+            return str(stored.decode())
+        made = new_replica_id()
+        try:
+            self._rocks("write to", lambda: self._db.put(REPLICA_ID, made.encode()))
+        except StoreError:
+            self._db.close()
+            raise
+        return made
 
     def _rocks(self, action: str, call: Callable[[], T]) -> T:
         """``call()``; RocksDB's failures (a bare Exception) as a StoreError naming the dir."""

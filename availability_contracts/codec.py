@@ -1,10 +1,12 @@
 """The one Avro codec every producer and consumer of the project uses.
 
-Plain Avro (schemaless body) by default. When a schema registry URL is configured,
+Plain Avro (schemaless body) by default. When a schema registry is configured (a URL
+or :class:`~availability_contracts.registry.RegistrySettings`: auth, TLS, timeout),
 payloads use the Confluent wire format: magic byte 0, 4-byte big-endian schema id,
 Avro body; schemas are registered under the TopicNameStrategy subject
-``<topic>-value`` and writer schemas are fetched by id on read, so a consumer can read
-events written with a newer, compatible schema.
+``<topic>-value`` (by default) after a compatibility check, and writer schemas are
+fetched by id on read, so a consumer can read events written with a newer, compatible
+schema. The registry client itself is in :mod:`availability_contracts.registry`.
 
 Timestamps travel as ``timestamp-millis`` but are handled as plain int milliseconds
 in the engine: the reader schema drops the logical types, which saves the datetime
@@ -15,12 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import struct
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -28,15 +25,28 @@ import fastavro
 
 from availability_contracts import avro_writer
 from availability_contracts.avro_reader import read_inventory_event
-from availability_contracts.errors import AvailabilityError, InvalidEvent, shorten
+from availability_contracts.errors import InvalidEvent, shorten
+from availability_contracts.registry import (
+    IncompatibleSchema,
+    RegistryError,
+    RegistryRetries,
+    RegistrySettings,
+    SchemaRegistry,
+    mask_url,
+)
 from availability_contracts.schemas import (
     CHANNEL_SCHEMA,
     EVENT_SCHEMA,
     POSITION_SCHEMA,
     parsed_schema,
     schema_text,
-    strip_logical_types,
 )
+
+__all__ = [
+    "DEAD_LETTER_KEY_LIMIT", "DEAD_LETTER_VALUE_LIMIT", "MAX_RECORD_BYTES", "Codec",
+    "IncompatibleSchema", "RegistryError", "RegistryRetries", "RegistrySettings",
+    "SchemaRegistry", "dead_letter_payload", "mask_url",
+]
 
 _MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -57,128 +67,29 @@ _FAST_WRITERS = {
 }
 
 
-class RegistryError(AvailabilityError, RuntimeError):
-    """The schema registry could not be reached or refused a request."""
-
-    code = "registry"
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        """HTTP status of the answer; None when there was no answer at all."""
-
-    @property
-    def retryable(self) -> bool:
-        """Anything but "not found" or "schema refused" may succeed later: no answer, a
-        server error, throttling, or credentials being fixed (401/403)."""
-        return self.status not in (404, 409, 415, 422)
-
-
-class RegistryRetries:
-    """Backoff for an unreachable registry: a record is never dead-lettered, nor lost,
-    because the registry is down; the step waits and tries again."""
-
-    def __init__(self, first_s: float = 0.2, max_s: float = 10.0) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.on_retry: list[Any] = []
-        """Callables given (error, attempt) before each wait: metrics and logs hook in."""
-        self.on_success: list[Any] = []
-        """Callables run when a request succeeds after retries."""
-
-    def call(self, action: Any) -> Any:
-        delay = self.first_s
-        attempt = 0
-        while True:
-            try:
-                result = action()
-                if attempt:
-                    for hook in self.on_success:
-                        hook()
-                return result
-            except RegistryError as exc:
-                if not exc.retryable:
-                    raise
-                attempt += 1
-                for hook in self.on_retry:
-                    hook(exc, attempt)
-                time.sleep(delay)
-                delay = min(self.max_s, delay * 2)
-
-
-def mask_url(url: str) -> str:
-    """``https://user:secret@host`` -> ``https://user:***@host``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-class SchemaRegistry:
-    """Minimal Confluent Schema Registry REST client (register by subject, fetch by id)."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.shown_url = mask_url(self.url)
-        """The URL for messages and logs: a password in it is never shown."""
-        self.timeout = timeout
-        self._ids: dict[tuple[str, str], int] = {}
-        self._schemas: dict[int, Any] = {}
-
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{self.url}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise RegistryError(f"{method} {self.shown_url}{path}: HTTP {exc.code}: {detail}",
-                                exc.code) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"{method} {self.shown_url}{path}: {exc}") from None
-
-    def register(self, subject: str, schema: str) -> int:
-        key = (subject, schema)
-        if key not in self._ids:
-            answer = self._request("POST", f"/subjects/{subject}/versions", {"schema": schema})
-            self._ids[key] = int(answer["id"])
-        return self._ids[key]
-
-    def writer_schema(self, schema_id: int) -> Any:
-        """The parsed Avro schema of ``schema_id``; a schema that is not Avro (Protobuf,
-        JSON Schema) or does not parse is refused like an unknown id."""
-        if schema_id not in self._schemas:
-            answer = self._request("GET", f"/schemas/ids/{schema_id}")
-            kind = answer.get("schemaType", "AVRO") if isinstance(answer, dict) else None
-            if kind != "AVRO":
-                raise RegistryError(f"schema id {schema_id} is a {shorten(kind)} schema, "
-                                    "not Avro", 415)
-            try:
-                parsed = json.loads(answer["schema"])
-                self._schemas[schema_id] = fastavro.parse_schema(strip_logical_types(parsed))
-            except Exception as exc:
-                raise RegistryError(f"schema id {schema_id} does not parse as Avro: "
-                                    f"{type(exc).__name__}: {shorten(str(exc), 120)}",
-                                    415) from None
-        return self._schemas[schema_id]
-
-
 class Codec:
     """Encodes and decodes the project's Avro contracts, plain or registry-framed."""
 
-    def __init__(self, registry_url: str | None = None,
+    def __init__(self, registry: str | RegistrySettings | None = None,
                  retries: RegistryRetries | None = None) -> None:
-        self.registry = SchemaRegistry(registry_url) if registry_url else None
+        """``registry``: a registry URL or :class:`RegistrySettings` (auth, TLS,
+        timeout, subject strategy); None or "" for plain Avro."""
+        self.registry = SchemaRegistry(registry) if registry else None
         self.retries = retries or RegistryRetries()
         self._own_event_ids: set[int] = set()
         """Registry ids whose schema is exactly our InventoryEvent: read strictly."""
+        self._headers: dict[tuple[str, str], bytes] = {}
+        """(schema, topic) -> the wire header of its registered id."""
+
+    def _header(self, registry: SchemaRegistry, schema: str, topic: str) -> bytes:
+        """Registers ``schema`` under its subject for ``topic`` (once; a schema new to
+        the subject is checked for compatibility first and refused with
+        :class:`IncompatibleSchema`); an unreachable registry is waited out."""
+        subject = registry.settings.subject(topic, schema)
+        schema_id = self.retries.call(
+            lambda: registry.register(subject, schema_text(schema), schema))
+        header = self._headers[(schema, topic)] = _HEADER.pack(_MAGIC, schema_id)
+        return header
 
     def encode(self, schema: str, record: Mapping[str, Any] | tuple[Any, ...], topic: str
                ) -> bytes:
@@ -187,9 +98,7 @@ class Codec:
         header = b""
         registry = self.registry
         if registry is not None:
-            subject = f"{topic}-value"
-            schema_id = self.retries.call(lambda: registry.register(subject, schema_text(schema)))
-            header = _HEADER.pack(_MAGIC, schema_id)
+            header = self._headers.get((schema, topic)) or self._header(registry, schema, topic)
         fast = _FAST_WRITERS.get(schema)
         if fast is not None:
             return header + fast(record)

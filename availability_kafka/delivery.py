@@ -13,12 +13,19 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from availability_contracts.errors import AvailabilityError
+from availability_kafka.config import KafkaConnection
 
 
 class DeliveryFailed(AvailabilityError, RuntimeError):
     """At least one message was not acknowledged by the broker."""
 
     code = "delivery_failed"
+
+
+def enable_idempotence_settings() -> dict[str, Any]:
+    """What no file or caller may change: every record acknowledged by all in-sync
+    replicas, retries without duplicates."""
+    return {"enable.idempotence": True, "acks": "all"}
 
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
@@ -32,8 +39,12 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
 
 
 class ConfirmedProducer:
-    def __init__(self, brokers: str, config: Mapping[str, Any] | None = None) -> None:
-        settings = {**DEFAULT_PRODUCER_CONFIG, "bootstrap.servers": brokers, **(config or {})}
+    def __init__(self, brokers: KafkaConnection | str,
+                 config: Mapping[str, Any] | None = None) -> None:
+        """``config`` tunes this producer (tests, benchmarks); the connection's file
+        settings apply over the defaults, and idempotence with acks=all always holds."""
+        settings = KafkaConnection.of(brokers).client({**DEFAULT_PRODUCER_CONFIG, **(config or {})})
+        settings.update(enable_idempotence_settings())
         self._producer = Producer(settings)
         self.delivered = 0
         self.failures: list[str] = []

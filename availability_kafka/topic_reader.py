@@ -20,6 +20,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from availability_kafka.config import KafkaConnection
+
 T = TypeVar("T")
 _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
               KafkaError._PARTITION_EOF}
@@ -44,16 +46,14 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 
             time.sleep(0.1)
 
 
-def scan_topic(brokers: str, topic: str, timeout: float = 60.0, batch: int = 1000
+def scan_topic(brokers: KafkaConnection | str, topic: str, timeout: float = 60.0,
+               batch: int = 1000
                ) -> Iterator[Message]:
     """Yield every message of ``topic`` present when the scan starts, partition by partition."""
-    consumer = Consumer({
-        "bootstrap.servers": brokers,
-        "group.id": f"availability-scan-{uuid.uuid4()}",
-        "enable.auto.commit": False,
+    consumer = Consumer(KafkaConnection.of(brokers).client({
         "enable.partition.eof": False,
         "fetch.max.bytes": 64 * 1024 * 1024,
-    })
+    }) | {"group.id": f"availability-scan-{uuid.uuid4()}", "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
@@ -86,7 +86,7 @@ def scan_topic(brokers: str, topic: str, timeout: float = 60.0, batch: int = 100
         consumer.close()
 
 
-def latest_by_key(brokers: str, topic: str, decode: Callable[[bytes], T],
+def latest_by_key(brokers: KafkaConnection | str, topic: str, decode: Callable[[bytes], T],
                   timeout: float = 60.0) -> dict[str, T]:
     """The table a compacted topic stands for: the last value per key (tombstones remove)."""
     table: dict[str, Any] = {}

@@ -339,7 +339,7 @@ def run(brokers: str, options: GrpcOptions, out_dir: Path, smoke: bool = False,
                 "--host", "127.0.0.1", "--port", "0", "--brokers", brokers,
                 "--positions-topic", topics.positions, "--channels-topic", topics.channels,
                 "--events-topic", topics.events, "--dlq-topic", topics.dlq,
-                "--metrics-port", "0", "--drain-seconds", "0"])
+                "--metrics-port", "0", "--http-port", "0", "--drain-seconds", "0"])
             try:
                 loaded["replica_catch_up_s"] = wait_serving(target)
                 log(f"grpc: replica SERVING after {loaded['replica_catch_up_s']:.1f}s")

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from availability_kafka.config import KafkaConnection
 from availability_kafka.delivery import ConfirmedProducer
 from dataflows.metrics import FRESHNESS
 
@@ -30,7 +31,7 @@ KeyedRecord = tuple[str, OutgoingRecord]
 
 
 class _ProducerPartition(StatelessSinkPartition[KeyedRecord]):
-    def __init__(self, brokers: str, config: dict[str, Any]) -> None:
+    def __init__(self, brokers: KafkaConnection | str, config: dict[str, Any]) -> None:
         self._producer = ConfirmedProducer(brokers, config)
 
     def write_batch(self, items: list[KeyedRecord]) -> None:
@@ -52,7 +53,8 @@ class _ProducerPartition(StatelessSinkPartition[KeyedRecord]):
 
 
 class ConfirmedKafkaSink(DynamicSink[KeyedRecord]):
-    def __init__(self, brokers: str, producer_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, brokers: KafkaConnection | str,
+                 producer_config: dict[str, Any] | None = None) -> None:
         self.brokers = brokers
         self.producer_config = producer_config or {}
 

@@ -80,8 +80,9 @@ def count_events(tally: Tally[tuple[str, str]]) -> None:
         child.inc(count)
 
 
-def serve(port: int) -> bool:
-    """Expose /metrics on ``port`` (0: do not serve).
+def serve(port: int, host: str = "127.0.0.1") -> bool:
+    """Expose /metrics on ``host:port`` (0: do not serve); loopback unless told otherwise,
+    since the numbers and labels are nobody else's business by default.
 
     A busy port is reported, not fatal: losing the metrics endpoint must not stop the
     availability numbers.
@@ -89,9 +90,9 @@ def serve(port: int) -> bool:
     if not port:
         return False
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
-        print(f"engine: metrics not served: port {port}: {exc}", file=sys.stderr, flush=True)
+        print(f"engine: metrics not served: {host}:{port}: {exc}", file=sys.stderr, flush=True)
         return False
-    print(f"engine: metrics on http://127.0.0.1:{port}/metrics", flush=True)
+    print(f"engine: metrics on http://{host}:{port}/metrics", flush=True)
     return True

@@ -117,7 +117,7 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
         context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
     tune_garbage_collector()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port + (process_id or 0))
+        metrics.serve(settings.metrics_port + (process_id or 0), settings.metrics_host)
     os.environ["RUST_BACKTRACE"] = "0"  # a failing step is reported below, by name
     try:
         cli_main(
@@ -145,16 +145,20 @@ def storage_problem(recovery_dir: Path | None) -> str | None:
     if recovery_dir is None:
         return None
     try:
-        RecoveryDir(recovery_dir, -1).check_writable()
-    except StateDirError as exc:
-        return f"{exc}: the engine cannot write its recovery snapshots"
-    try:
         stats = os.statvfs(recovery_dir)
+        free = stats.f_bavail * stats.f_frsize
     except OSError:
-        return None
-    if stats.f_bavail * stats.f_frsize < 1 << 20:
-        return (f"recovery dir {recovery_dir} is on a full file system "
-                f"({stats.f_bavail * stats.f_frsize} bytes free)")
+        free = None
+    if free is not None and free < 1 << 20:
+        return (f"recovery dir {recovery_dir} is on a full file system ({free} bytes free): "
+                "the engine cannot write its recovery snapshots")
+    try:
+        RecoveryDir(recovery_dir).check_writable()
+    except StateDirError as exc:
+        if "No space left" in str(exc):
+            return (f"recovery dir {recovery_dir} is on a full file system: the engine "
+                    "cannot write its recovery snapshots")
+        return f"{exc}: the engine cannot write its recovery snapshots"
     return None
 
 

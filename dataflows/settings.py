@@ -8,11 +8,13 @@ from pathlib import Path
 from availability_contracts.topics import TopicNames
 from availability_domain.events import DEFAULT_MAX_FUTURE_SKEW_MS
 from availability_domain.inventory import DEFAULT_DEDUPE_HORIZON_MS, DEFAULT_LATENESS_HORIZON_MS
+from availability_kafka.config import KafkaConnection
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    brokers: str
+    brokers: KafkaConnection | str
+    """Where Kafka is and how to connect (``--brokers``, ``--kafka-config``)."""
     rules_path: Path
     recovery_dir: Path | None
     topics: TopicNames = field(default_factory=TopicNames)
@@ -26,6 +28,8 @@ class EngineSettings:
     flow_id: str = "availability"
     metrics_port: int = 9108
     """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to (0.0.0.0 for a scraper on another host)."""
 
     @classmethod
     def defaults(cls) -> EngineSettings:

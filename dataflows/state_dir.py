@@ -111,8 +111,9 @@ class RecoveryDir:
         except OSError as exc:
             raise StateDirError(f"cannot create recovery dir {self.path}: "
                                 f"{exc.strerror or exc}") from exc
-        _write_atomically(self.path / f".probe-{self.process_id}", "ok\n")
-        (self.path / f".probe-{self.process_id}").unlink(missing_ok=True)
+        probe = self.path / f".probe-{os.getpid()}"
+        _write_atomically(probe, "ok\n")
+        probe.unlink(missing_ok=True)
 
     def record_run(self, rules_fingerprint: str) -> tuple[int, dict[int, str]]:
         """Append this start to ``runs.json``; return its number and every run's rules."""

@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +22,7 @@ from availability_contracts.codec import Codec
 from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent
 from availability_kafka.admin import create_topics
+from availability_kafka.config import KafkaConnection, load_kafka_config, parse_properties
 from availability_kafka.delivery import ConfirmedProducer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +40,51 @@ def brokers() -> Iterator[str]:
     broker = LocalKafka(Settings.from_env())
     yield broker.start()
     broker.stop()
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """The local broker's SASL_SSL (SCRAM-SHA-512) listener and the client settings file
+    of its user, as `availability kafka start` made them."""
+
+    bootstrap: str
+    config: Path
+    logs: tuple[Path, ...] = ()
+    """The broker's own log files."""
+
+    def cli_args(self) -> list[str]:
+        """``--brokers`` and ``--kafka-config`` for an `availability` command."""
+        return ["--brokers", self.bootstrap, "--kafka-config", str(self.config)]
+
+    def connection(self) -> KafkaConnection:
+        return load_kafka_config(self.config, self.bootstrap)
+
+    def password(self) -> str:
+        """The user's password, for tests that check it is never shown."""
+        return parse_properties(self.config)["sasl.password"]
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(brokers: str) -> SecureKafka:
+    """The SASL_SSL listener of the broker under test. Skips when that broker has none:
+    it is not the local broker of this $AVAILABILITY_HOME, or it was launched before the
+    listener existed. Fails when the listener is there but its login does not work."""
+    from availability.local_kafka.broker import LocalKafka, Settings
+
+    local = LocalKafka(Settings.from_env())
+    status = local.status(timeout=10.0)
+    home = local.settings.home
+    if not status.running or status.bootstrap != brokers:
+        pytest.skip(f"no SASL_SSL listener to test: the broker under test ({brokers}) is not "
+                    f"the local broker of {home} (`availability kafka start` makes one)")
+    if status.sasl_bootstrap is None or status.client_config is None:
+        pytest.skip(f"the local broker at {brokers} has {status.describe_sasl()}")
+    if not status.sasl_answering:
+        pytest.fail(f"the SASL_SSL listener at {status.sasl_bootstrap} does not work: "
+                    f"{status.sasl_reason}")
+    settings = local.settings
+    return SecureKafka(status.sasl_bootstrap, status.client_config,
+                       (settings.server_log, settings.stdout_log))
 
 
 @pytest.fixture

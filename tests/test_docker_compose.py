@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
 from availability.cli import build_parser
+from availability_contracts.topics import TopicNames
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -588,3 +590,118 @@ def test_dockerfile_copies_every_package() -> None:
     for source in copied:
         hit = [pattern for pattern in ignored if fnmatch.fnmatch(source, pattern)]
         assert not hit, f".dockerignore {hit} excludes {source}, which the Dockerfile copies"
+
+
+# --- compose: the schema registry ----------------------------------------------------
+
+REGISTRY = "schema-registry"
+REGISTRY_IMAGE = re.compile(
+    r"ghcr\.io/aiven-open/karapace:\d+\.\d+\.\d+|confluentinc/cp-schema-registry:\d+\.\d+\.\d+")
+
+
+def registry_env() -> dict[str, str]:
+    return environment(SERVICES[REGISTRY])
+
+
+def is_karapace() -> bool:
+    return "karapace" in SERVICES[REGISTRY]["image"]
+
+
+def registry_port() -> int:
+    env = registry_env()
+    if is_karapace():
+        return int(env.get("KARAPACE_PORT", "8081"))
+    listeners = env.get("SCHEMA_REGISTRY_LISTENERS", "http://0.0.0.0:8081")
+    return int(listeners.rsplit(":", 1)[1])
+
+
+def registry_names() -> set[str]:
+    service = SERVICES[REGISTRY]
+    names = {REGISTRY}
+    names.update(filter(None, [service.get("hostname"), service.get("container_name")]))
+    return names
+
+
+def registry_url_of(name: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    return getattr(parse_command(name, monkeypatch), "schema_registry", None)
+
+
+def test_registry_is_a_pinned_image_not_built_here() -> None:
+    service = SERVICES[REGISTRY]
+    assert REGISTRY_IMAGE.fullmatch(service.get("image", "")), (
+        f"{service.get('image')}: pin a release of Karapace or cp-schema-registry")
+    assert "build" not in service
+    if is_karapace():
+        assert service.get("entrypoint") == ["python3", "-m", "karapace"], (
+            "the Karapace image has no entrypoint of its own")
+
+
+def test_registry_keeps_its_schemas_on_the_compose_kafka() -> None:
+    env = registry_env()
+    service = SERVICES[REGISTRY]
+    assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+    if is_karapace():
+        assert env.get("KARAPACE_KARAPACE_REGISTRY") == "true", "the registry API is off"
+        bootstrap = env["KARAPACE_BOOTSTRAP_URI"]
+        schemas_topic = env.get("KARAPACE_TOPIC_NAME", "_schemas")
+        replication = env.get("KARAPACE_REPLICATION_FACTOR")
+        listen = env.get("KARAPACE_HOST", "127.0.0.1")
+        compatibility = env.get("KARAPACE_COMPATIBILITY", "BACKWARD")
+    else:
+        bootstrap = env["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"].removeprefix(
+            "PLAINTEXT://")
+        schemas_topic = env.get("SCHEMA_REGISTRY_KAFKASTORE_TOPIC", "_schemas")
+        replication = env.get("SCHEMA_REGISTRY_KAFKASTORE_TOPIC_REPLICATION_FACTOR")
+        listen = env.get("SCHEMA_REGISTRY_LISTENERS", "http://0.0.0.0:8081").split("//")[1]
+        compatibility = env.get("SCHEMA_REGISTRY_SCHEMA_COMPATIBILITY_LEVEL", "BACKWARD")
+    assert set(bootstrap.split(",")) <= in_network_addresses(), bootstrap
+    assert replication == "1", "one broker: the schemas topic can have one replica only"
+    assert schemas_topic not in set(vars(TopicNames()).values())
+    assert listen.split(":")[0] in ("0.0.0.0", "::", "[::]"), (
+        "listening on loopback only: the other containers cannot reach the registry")
+    # docs/operations.md, section 4: transitive compatibility in production
+    assert compatibility.upper() in ("BACKWARD_TRANSITIVE", "FULL_TRANSITIVE")
+
+
+def test_registry_healthcheck_probes_its_port() -> None:
+    healthcheck = SERVICES[REGISTRY].get("healthcheck")
+    assert healthcheck, "engine and api wait for service_healthy"
+    test = healthcheck["test"]
+    assert isinstance(test, list) and test[0] == "CMD"
+    urls = [arg for arg in test if arg.startswith("http")]
+    assert urls, "the healthcheck asks no URL"
+    parts = urlsplit(urls[0])
+    assert parts.hostname in LOOPBACK_HOSTS and parts.port == registry_port()
+    if is_karapace():
+        assert test[1:3] == ["python3", "/opt/karapace/healthcheck.py"]
+        assert parts.path == "/_health"
+
+
+def test_registry_is_published_on_loopback_only() -> None:
+    ports = published_ports(SERVICES[REGISTRY])
+    assert ports and all(p.host_ip in LOOPBACK_HOSTS for p in ports), (
+        "the registry has no authentication here: loopback only")
+    assert {p.container_port for p in ports} == {registry_port()}
+
+
+def test_engine_and_api_use_the_compose_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine reads framed events and writes framed snapshots; the api reads them:
+    both must be in registry mode, on the same registry, or every record is refused."""
+    from availability.cli.registry_options import registry_settings
+
+    urls = {name: registry_url_of(name, monkeypatch) for name in BUILT}
+    for name in ("engine", "api"):
+        url = urls[name]
+        assert url, f"{name} has no --schema-registry"
+        settings = registry_settings(parse_command(name, monkeypatch))
+        assert settings is not None
+        parts = urlsplit(settings.url)
+        assert parts.hostname in registry_names(), f"{name}: {url} is not the registry"
+        assert parts.port == registry_port(), f"{name}: {url} is not the registry's port"
+        expected = registry_env().get("KARAPACE_ADVERTISED_PROTOCOL", "http")
+        assert parts.scheme == expected
+        depends = SERVICES[name]["depends_on"]
+        assert depends[REGISTRY]["condition"] == "service_healthy", (
+            f"{name} must wait for the registry")
+    used = {url for url in urls.values() if url}
+    assert len(used) == 1, f"services use different registries: {urls}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
-from availability.cli import CommandError, add_brokers_argument
+from availability.cli import CommandError, add_brokers_argument, kafka_connection
 from availability_contracts.codec import Codec, RegistryError
 from availability_contracts.times import iso_ms
 from availability_contracts.topics import TopicNames
@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="ERP export: .csv or .parquet")
     add_brokers_argument(parser)
     parser.add_argument("--events-topic", default=TopicNames().events, help="events topic")
-    parser.add_argument("--schema-registry", default=None,
-                        help="Confluent Schema Registry URL (default: plain Avro)")
+    from availability.cli.registry_options import add_registry_arguments
+    add_registry_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the file and report what would be published")
     parser.set_defaults(run=run)
@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run: {len(snapshot)} COUNT event(s) would be published to "
               f"{args.events_topic}")
         return 0
-    codec = Codec(args.schema_registry)
-    producer = ConfirmedProducer(args.brokers)
+    from availability.cli.registry_options import registry_settings
+    codec = Codec(registry_settings(args))
+    producer = ConfirmedProducer(kafka_connection(args, reach=True))
     try:
         for event in bootstrap_events(snapshot):
             producer.produce(args.events_topic, codec.encode_event(event, args.events_topic),

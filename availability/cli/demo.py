@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from availability.cli import CommandError, add_brokers_argument
+from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Start what is missing (the local Kafka broker, the topics), run the engine "
             "as a 2-process cluster and replay a retail day with a flash sale at a "
             "watchable speed, showing events/s, produce-to-snapshot freshness, dead "
-            "letters and hot SKUs' channel numbers live. Ctrl-C stops everything it "
-            "started. Running it again resumes the same engine state."
+            "letters and hot SKUs' channel numbers live. After the replay the engine and "
+            "the API keep running so you can ask the API yourself (the commands are "
+            "printed) until Ctrl-C, or for --linger seconds. Ctrl-C stops the engine and "
+            "the API it started (exit code 130); the local Kafka broker keeps running, "
+            "and the demo says how to stop it. Running it again resumes the same engine "
+            "state."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -31,7 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="engine recovery state and logs")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--api-port", type=int, default=50051, help="gRPC port of the replica")
+    parser.add_argument("--http-port", type=int, default=8080,
+                        help="HTTP/JSON port of the replica (0: off)")
+    parser.add_argument("--api-metrics-port", type=int, default=9190,
+                        help="Prometheus port of the replica (0: off)")
+    parser.add_argument("--engine-metrics-port", type=int, default=9108,
+                        help="Prometheus port of engine process 0 (process i: port + i; 0: off)")
+    parser.add_argument("--kafka-port", type=int, default=None,
+                        help="port of the local broker the demo starts (default: "
+                             "$AVAILABILITY_KAFKA_PORT, else 9092)")
+    parser.add_argument("--linger", type=float, default=None,
+                        help="seconds to keep the engine and API up after the replay "
+                             "(default: until Ctrl-C on a terminal, 0 otherwise)")
     add_brokers_argument(parser)
+    add_topic_arguments(parser)
     parser.add_argument("--no-local-kafka", action="store_true",
                         help="do not start the local broker; use --brokers as it is")
     parser.set_defaults(run=run)
@@ -49,12 +67,23 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no such rules file: {args.rules}")
     console = Console()
     brokers = args.brokers
+    started_kafka = False
     if not args.no_local_kafka:
+        overrides = {"port": args.kafka_port} if args.kafka_port else {}
         try:
-            brokers = LocalKafka(Settings.from_env(), progress=console.print).start()
+            local = LocalKafka(Settings.from_env(**overrides), progress=console.print)
+            started_kafka = not local.status().ok
+            brokers = local.start()
         except LocalKafkaError as exc:
             raise CommandError(str(exc)) from exc
+    linger = args.linger if args.linger is not None else (
+        float("inf") if sys.stdin.isatty() else 0.0)
     settings = DemoSettings(brokers=brokers, rules=args.rules, state_dir=args.state_dir,
                             duration_s=args.duration, rate=args.rate,
-                            processes=args.processes, api_port=args.api_port)
+                            processes=args.processes, api_port=args.api_port,
+                            topics=topic_names(args), kafka_config=args.kafka_config,
+                            api_metrics_port=args.api_metrics_port,
+                            http_port=args.http_port,
+                            engine_metrics_port=args.engine_metrics_port, linger_s=linger,
+                            local_kafka=not args.no_local_kafka, started_kafka=started_kafka)
     return run_demo(settings, console)

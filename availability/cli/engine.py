@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from availability.cli import CommandError, add_brokers_argument, add_topic_arguments, topic_names
+from availability.cli import (
+    CommandError,
+    add_brokers_argument,
+    add_topic_arguments,
+    kafka_connection,
+    reach_kafka,
+    topic_names,
+)
 from availability_contracts.times import HOUR_MS, MINUTE_MS
+from availability_kafka.config import KafkaConnection
 from dataflows.settings import EngineSettings
 
 DEFAULTS = EngineSettings.defaults()
@@ -35,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="Bytewax processes on this host; the events topic's partition "
                              "count must be divisible by it")
     add_brokers_argument(parser)
-    parser.add_argument("--schema-registry", default=None,
-                        help="Confluent Schema Registry URL (default: plain Avro)")
+    from availability.cli.registry_options import add_registry_arguments
+    add_registry_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                         help="max messages read per partition poll")
     parser.add_argument("--epoch-interval", type=float, default=DEFAULTS.epoch_interval_s,
@@ -52,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="an event dated further ahead of this engine's clock goes to "
                              "the dead-letter topic (a source with a broken clock must not "
                              "move a SKU's horizons)")
+    parser.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
+                        help="address the metrics endpoint binds to")
     parser.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
                         help="Prometheus /metrics port of process 0 (process i: port + i); "
                              "0 turns it off")
@@ -63,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
     return EngineSettings(
-        brokers=args.brokers,
+        brokers=kafka_connection(args),
         rules_path=args.rules,
         recovery_dir=args.recovery_dir,
         topics=topic_names(args),
@@ -74,11 +84,11 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         lateness_horizon_ms=int(args.lateness_horizon_hours * HOUR_MS),
         max_future_skew_ms=int(args.max_future_skew_minutes * MINUTE_MS),
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka.admin import AdminClient
 
     from availability_domain.rules import RulesError, load_rules
     from dataflows.runner import ensure_recovery_dir, member_command, run_cluster
@@ -101,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.process_id is not None:
         return _run_member(settings, args.process_id, args.addresses.split(";"))
 
-    metadata = AdminClient({"bootstrap.servers": args.brokers}).list_topics(timeout=15)
+    metadata = reach_kafka(KafkaConnection.of(settings.brokers))
     topic = metadata.topics.get(settings.topics.events)
     if topic is None or topic.error is not None:
         raise CommandError(f"topic {settings.topics.events!r} not found on {args.brokers}; "
@@ -168,13 +178,14 @@ def _member_args(args: argparse.Namespace) -> list[str]:
     argv = [
         "engine", "--rules", str(args.rules), "--recovery-dir", str(args.recovery_dir),
         "--brokers", args.brokers, "--batch-size", str(args.batch_size),
+        *(["--kafka-config", str(args.kafka_config)] if args.kafka_config else []),
         "--epoch-interval", str(args.epoch_interval),
         "--dedupe-horizon-hours", str(args.dedupe_horizon_hours),
         "--lateness-horizon-hours", str(args.lateness_horizon_hours),
         "--max-future-skew-minutes", str(args.max_future_skew_minutes),
         "--events-topic", args.events_topic, "--dlq-topic", args.dlq_topic,
         "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
-        "--metrics-port", str(args.metrics_port),
+        "--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host,
     ]
     if args.schema_registry:
         argv += ["--schema-registry", args.schema_registry]

@@ -21,6 +21,16 @@ files under --home:
   kafka/server.properties   the running broker's config (rewritten on each start)
   kafka.pid                 pid of the broker JVM
   logs/server.log           broker log; logs/kafka.out: the JVM's stdout/stderr
+  security/                 made once: a local CA (ca.pem), the broker's certificate
+                            and key, and client-sasl-ssl.properties (mode 0600): the
+                            client settings of the SCRAM-SHA-512 user "availability"
+                            for the SASL_SSL listener, with its random password
+
+listeners on 127.0.0.1: PLAINTEXT on --port (what every command uses by default),
+the KRaft controller on --controller-port, and SASL_SSL (SCRAM-SHA-512, TLS) on
+--sasl-port, e.g.
+  availability topics create --brokers 127.0.0.1:9094 \\
+      --kafka-config ~/.cache/availability-engine/security/client-sasl-ssl.properties
 
 JAVA_HOME selects the JDK (17+), else `java` on PATH. Every option's default can
 be set with the environment variable named in its help.
@@ -65,6 +75,14 @@ def _common_options() -> argparse.ArgumentParser:
         help=f"KRaft controller port (default: --port + 1) [env ${broker.ENV_CONTROLLER_PORT}]",
     )
     common.add_argument(
+        "--sasl-port",
+        metavar="PORT",
+        type=int,
+        default=env.get(broker.ENV_SASL_PORT) or None,
+        help=f"SASL_SSL (SCRAM-SHA-512) listener port (default: --port + "
+        f"{broker.SASL_PORT_OFFSET}; 0: no such listener) [env ${broker.ENV_SASL_PORT}]",
+    )
+    common.add_argument(
         "--data-dir",
         metavar="DIR",
         default=env.get(broker.ENV_DATA_DIR) or None,
@@ -98,7 +116,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Fetch the jars if missing, format storage on first use, launch the broker "
             "detached and wait until a metadata request succeeds. If this home's broker is "
             "already running and answering, says so and exits 0. Fails with the log's last "
-            "lines if the broker dies during startup."
+            "lines if the broker dies during startup. The SASL_SSL listener's certificates "
+            "and its SCRAM-SHA-512 user (random password, kept in "
+            "security/client-sasl-ssl.properties only) are made once per home; start "
+            "sets the user's credential if the broker lacks it and logs in once, printing "
+            "the listener's address and the settings file's path (never the password)."
         ),
         epilog=EPILOG,
         formatter_class=_Formatter,
@@ -144,8 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="is the broker running and answering? (exit 0 yes, 3 no)",
         description=_wrap(
             "Report whether this home's broker runs (pid, port) and answers metadata "
-            "requests, or why not (no pid file, stale pid, port used by something else). "
-            f"Exit status 0 when running and answering, {EXIT_NOT_RUNNING} otherwise."
+            "requests, or why not (no pid file, stale pid, port used by something else), "
+            "and whether its SCRAM user logs in on the SASL_SSL listener. "
+            "Exit status 0 when running and answering (and, if it has a SASL_SSL listener, "
+            f"that login works), {EXIT_NOT_RUNNING} otherwise."
         ),
         epilog=EPILOG,
         formatter_class=_Formatter,
@@ -154,9 +178,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    for name in ("port", "controller_port"):
+    for name in ("port", "controller_port", "sasl_port"):
         value = getattr(args, name)
-        if value is not None and not 0 < value < 65536:
+        off = name == "sasl_port" and value == 0
+        if value is not None and not off and not 0 < value < 65536:
             raise CommandError(f"--{name.replace('_', '-')} must be a TCP port, got {value}")
     heap = getattr(args, "heap", None)
     if heap is not None and not re.fullmatch(r"\d+[kKmMgG]?", heap):
@@ -165,11 +190,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         home=args.home,
         port=args.port,
         controller_port=args.controller_port,
+        sasl_port=args.sasl_port,
         data_dir=args.data_dir,
         heap=heap,
     )
     if settings.ctrl_port == settings.port:
         raise CommandError("--controller-port must differ from --port")
+    if settings.sasl_ssl_port in (settings.port, settings.ctrl_port):
+        raise CommandError("--sasl-port must differ from --port and --controller-port")
+    if settings.sasl_ssl_port is not None and settings.sasl_ssl_port > 65535:
+        raise CommandError(f"--sasl-port (default --port + {broker.SASL_PORT_OFFSET}) must be "
+                           f"a TCP port, got {settings.sasl_ssl_port}")
     return settings
 
 

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from confluent_kafka import KafkaException
 
-from availability.cli import CommandError, add_brokers_argument
+from availability.cli import CommandError, add_brokers_argument, kafka_connection
 from availability.event_file import MAX_LINE_BYTES, BadLine, read_event_file
 from availability_contracts.codec import MAX_RECORD_BYTES, Codec, RegistryError, RegistryRetries
 from availability_contracts.errors import shorten
@@ -76,8 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--file", required=True, type=Path, help="JSON-lines file, or - for stdin")
     add_brokers_argument(parser)
     parser.add_argument("--topic", default=TopicNames().events, help="events topic")
-    parser.add_argument("--schema-registry", default=None,
-                        help="Confluent Schema Registry URL (default: plain Avro)")
+    from availability.cli.registry_options import add_registry_arguments
+    add_registry_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the file and report what would be published")
     parser.set_defaults(run=run)
@@ -162,7 +162,7 @@ def _validate(stream: BinaryIO, name: str, encode: _Encoder) -> int:
 def _publish(stream: BinaryIO, name: str, encode: _Encoder, args: argparse.Namespace
              ) -> tuple[int, int]:
     """Second pass: re-read, re-check and publish; (delivered, lines that became bad)."""
-    producer = ConfirmedProducer(args.brokers)
+    producer = ConfirmedProducer(kafka_connection(args, reach=True))
     changed = 0
     for item in read_event_file(stream, encode):
         if isinstance(item, BadLine):
@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--topic {shorten(args.topic)} is not a Kafka topic name (1 to 249 of "
                            "A-Z a-z 0-9 . _ -)")
     name = "<stdin>" if str(path) == "-" else str(path)
-    encode = _Encoder(Codec(args.schema_registry, _bounded_retries()), args.topic)
+    from availability.cli.registry_options import registry_settings
+    encode = _Encoder(Codec(registry_settings(args), _bounded_retries()), args.topic)
     try:
         with _open_event_file(path) as stream:
             before = _signature(stream)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 
-from availability.cli import CommandError, add_brokers_argument
+from availability.cli import CommandError, add_brokers_argument, kafka_connection
 from availability.cli.bootstrap import describe, load_snapshot
 from availability_contracts.codec import Codec, RegistryError
 from availability_contracts.schemas import POSITION_SCHEMA
@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="compacted position snapshots")
     parser.add_argument("--events-topic", default=defaults.events,
                         help="where --emit-counts publishes")
-    parser.add_argument("--schema-registry", default=None,
-                        help="Confluent Schema Registry URL (default: plain Avro)")
+    from availability.cli.registry_options import add_registry_arguments
+    add_registry_arguments(parser)
     parser.add_argument("--scan-timeout", type=float, default=300.0,
                         help="seconds allowed to read the positions topic to its end")
     parser.add_argument("--dedupe-horizon-hours", type=float, default=7 * 24,
@@ -78,7 +78,8 @@ def read_positions(args: argparse.Namespace, codec: Codec) -> dict[str, dict[str
         return codec.decode(POSITION_SCHEMA, value)
 
     try:
-        return latest_by_key(args.brokers, args.positions_topic, decode, args.scan_timeout)
+        return latest_by_key(kafka_connection(args, reach=True), args.positions_topic, decode,
+                             args.scan_timeout)
     except (KafkaException, RuntimeError, TimeoutError, ValueError, RegistryError) as exc:
         raise CommandError(f"cannot read {args.positions_topic} on {args.brokers}: {exc}"
                            ) from exc
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(problem)
     snapshot = load_snapshot(args.erp_snapshot)
     print(f"{args.erp_snapshot}: {describe(snapshot)}")
-    codec = Codec(args.schema_registry)
+    from availability.cli.registry_options import registry_settings
+    codec = Codec(registry_settings(args))
     positions = read_positions(args, codec)
     engine = positions_frame(positions)
     table = compare(snapshot, engine)
@@ -162,7 +164,7 @@ def emit_corrections(args: argparse.Namespace, codec: Codec, table: pl.DataFrame
         print(f"warning: {late} correction(s) are older than the dedupe horizon "
               f"({args.dedupe_horizon_hours:g} h) before their SKU's newest event: the engine "
               "dead-letters them; take a fresher ERP export")
-    producer = ConfirmedProducer(args.brokers)
+    producer = ConfirmedProducer(kafka_connection(args, reach=True))
     run_ms = int(time.time() * 1000)
     try:
         for event in correction_events(table, run_ms):

@@ -5,11 +5,23 @@ and Maven but no Kafka distribution or Docker.  The jars are resolved from Maven
 by ``pom.xml`` next to this file and copied once into ``<home>/kafka-<version>/libs``;
 the JVM is then started detached (own session), so it outlives the command that started it.
 
+Listeners, all on 127.0.0.1: PLAINTEXT on ``port`` (the default and inter-broker one,
+what every command uses unless told otherwise), the KRaft controller on ``port + 1`` and
+SASL_SSL with SCRAM-SHA-512 on ``port + 2`` (``sasl_port``; 0 turns it off), for trying
+the clients against a secured Kafka. Its certificates and the SCRAM user's client
+settings are made once per home (see ``security``); after the broker answers, start sets
+the user's credential through the PLAINTEXT listener when the data dir lacks it and
+logs in once over SASL_SSL. If the listener cannot be had (no `openssl`), the broker
+starts without it and says why; a failing SASL_SSL login is a warning, not an error,
+as the PLAINTEXT listener works either way.
+
 Layout under ``home`` ($AVAILABILITY_HOME, else ~/.cache/availability-engine, outside git):
 
     kafka-<version>/libs/       the jars (+ ``.complete`` marker once fully copied)
     kafka-data/                 log.dirs (default; formatted once, when meta.properties is absent)
-    kafka/server.properties     written on every launch (the running broker's truth)
+    kafka/server.properties     written on every launch (the running broker's truth;
+                                mode 0600, it holds the TLS key)
+    security/                   CA, broker certificate, client-sasl-ssl.properties (0600)
     kafka/log4j2.properties     logging config, so the broker logs anything at all
     kafka.pid                   pid of the JVM we launched
     logs/server.log             broker log (INFO, rolling)
@@ -21,6 +33,9 @@ means a fresh, empty home dir, not a download from Maven Central):
     cold start (copy 46 jars ~2 s + format ~1 s + broker ready ~3 s):  ~6 s
     warm start (jars cached, storage formatted):                       3-4.5 s
     start when already running and answering (idempotent):             ~0.2 s
+    SASL_SSL on top: certificates once ~0.1 s; credential + first
+    login after the broker answers ~0.5 s (0.3-0.4 s when already set),
+    so an idempotent start takes ~0.6 s and `status` ~0.4 s
     stop (SIGTERM, controlled shutdown):                               ~0.5 s
 
 A restart right after the JVM was SIGKILLed takes ~12 s instead: the controller refuses
@@ -47,7 +62,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from availability.local_kafka.security import (
+    LISTENER,
+    SCRAM_MECHANISM,
+    SCRAM_USER,
+    Login,
+    SecurityError,
+    SecurityFiles,
+    ensure_scram_user,
+    ensure_security,
+    sasl_login,
+    set_scram_password,
+)
 from availability_contracts.errors import AvailabilityError
+from availability_kafka.config import KafkaConfigError
 
 POM = Path(__file__).with_name("pom.xml")
 HOST = "127.0.0.1"
@@ -56,6 +84,7 @@ DEFAULT_HEAP = "1g"
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_PARTITIONS = 4
+SASL_PORT_OFFSET = 2  # port + 1 is the controller's
 MAIN_CLASS = "kafka.Kafka"
 COMPLETE_MARKER = ".complete"
 
@@ -63,6 +92,7 @@ COMPLETE_MARKER = ".complete"
 ENV_HOME = "AVAILABILITY_HOME"
 ENV_PORT = "AVAILABILITY_KAFKA_PORT"
 ENV_CONTROLLER_PORT = "AVAILABILITY_KAFKA_CONTROLLER_PORT"
+ENV_SASL_PORT = "AVAILABILITY_KAFKA_SASL_PORT"
 ENV_DATA_DIR = "AVAILABILITY_KAFKA_DATA_DIR"
 ENV_HEAP = "AVAILABILITY_KAFKA_HEAP"
 ENV_START_TIMEOUT = "AVAILABILITY_KAFKA_START_TIMEOUT"
@@ -130,6 +160,7 @@ class Settings:
     data_dir: Path | None = None  # default: <home>/kafka-data
     heap: str = DEFAULT_HEAP
     partitions: int = DEFAULT_PARTITIONS
+    sasl_port: int | None = None  # SASL_SSL listener; default: port + 2; 0: none
 
     def __post_init__(self) -> None:
         # Absolute paths: the pid check matches the JVM's command line, whatever the cwd.
@@ -142,10 +173,12 @@ class Settings:
         """Settings from the AVAILABILITY_* environment; non-None ``overrides`` win."""
         data_dir = os.environ.get(ENV_DATA_DIR)
         ctrl = os.environ.get(ENV_CONTROLLER_PORT)
+        sasl = os.environ.get(ENV_SASL_PORT)
         base = cls(
             home=default_home(),
             port=_env_int(ENV_PORT, DEFAULT_PORT),
             controller_port=_env_int(ENV_CONTROLLER_PORT, 0) if ctrl else None,
+            sasl_port=_env_int(ENV_SASL_PORT, 0) if sasl else None,
             data_dir=Path(data_dir).expanduser() if data_dir else None,
             heap=os.environ.get(ENV_HEAP) or DEFAULT_HEAP,
         )
@@ -155,6 +188,33 @@ class Settings:
     @property
     def ctrl_port(self) -> int:
         return self.controller_port if self.controller_port is not None else self.port + 1
+
+    @property
+    def sasl_ssl_port(self) -> int | None:
+        """Port of the SASL_SSL listener, None when it is turned off (``sasl_port=0``)."""
+        if self.sasl_port is None:
+            return self.port + SASL_PORT_OFFSET
+        return self.sasl_port or None
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        port = self.sasl_ssl_port
+        return f"{HOST}:{port}" if port is not None else None
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port the broker listens on."""
+        extra = [self.sasl_ssl_port] if self.sasl_ssl_port is not None else []
+        return [self.port, self.ctrl_port, *extra]
+
+    @property
+    def security_dir(self) -> Path:
+        return self.home / "security"
+
+    @property
+    def client_config(self) -> Path:
+        """Client settings (SASL_SSL, SCRAM-SHA-512 user, CA) for the SASL_SSL listener."""
+        return SecurityFiles(self.security_dir).client_config
 
     @property
     def data_path(self) -> Path:
@@ -212,19 +272,39 @@ class BrokerStatus:
     bootstrap: str | None
     reason: str
     log: Path
+    sasl_bootstrap: str | None = None
+    """The running broker's SASL_SSL listener, None when it has none."""
+    sasl_answering: bool | None = None
+    """Whether the SCRAM user's login there works; None when not tried."""
+    sasl_reason: str = ""
+    client_config: Path | None = None
+    """Client settings file of the SCRAM user (the path only: it holds the password)."""
 
     @property
     def ok(self) -> bool:
-        return self.running and self.answering
+        return self.running and self.answering and self.sasl_answering is not False
 
     def describe(self) -> str:
         if self.running:
             state = "answering" if self.answering else "NOT answering (starting or wedged)"
             return (
                 f"Kafka {KAFKA_VERSION} running: pid {self.pid}, {self.bootstrap}, {state}; "
-                f"log: {self.log}"
+                f"{self.describe_sasl()}; log: {self.log}"
             )
         return f"Kafka not running: {self.reason}"
+
+    def describe_sasl(self) -> str:
+        if self.sasl_bootstrap is None:
+            return f"no {LISTENER} listener" + (f" ({self.sasl_reason})" if self.sasl_reason
+                                                else "")
+        if self.sasl_answering is None:
+            state = ""
+        elif self.sasl_answering:
+            state = ", answering"
+        else:
+            state = f", login NOT working: {self.sasl_reason}"
+        return (f"{LISTENER} ({SCRAM_MECHANISM}, user {SCRAM_USER}) at {self.sasl_bootstrap}"
+                f"{state}; client settings: {self.client_config}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -396,14 +476,23 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_listener_port(props: Path) -> int | None:
-    """The PLAINTEXT port the broker was launched with, from its server.properties."""
+def _read_listeners(props: Path) -> dict[str, int]:
+    """Listener name -> port the broker was launched with, from its server.properties."""
     try:
         text = props.read_text()
     except OSError:
-        return None
-    match = re.search(r"^listeners=.*PLAINTEXT://[^:,]+:(\d+)", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
+        return {}
+    match = re.search(r"^listeners=(.*)$", text, re.MULTILINE)
+    if not match:
+        return {}
+    found = (re.fullmatch(r"\s*([A-Za-z0-9_]+)://[^,]*:(\d+)\s*", part)
+             for part in match.group(1).split(","))
+    return {m.group(1).upper(): int(m.group(2)) for m in found if m}
+
+
+def _read_listener_port(props: Path, name: str = "PLAINTEXT") -> int | None:
+    """The port of listener ``name`` the broker was launched with (PLAINTEXT by default)."""
+    return _read_listeners(props).get(name)
 
 
 # Popen objects of brokers started by this Python process, so we can reap them (no zombies).
@@ -488,20 +577,54 @@ class LocalKafka:
         s = self.settings
         pid, why = self._running_pid()
         if pid is not None:
-            port = _read_listener_port(s.server_properties) or s.port
+            listeners = _read_listeners(s.server_properties)
+            port = listeners.get("PLAINTEXT") or s.port
             bootstrap = f"{HOST}:{port}"
+            answering = kafka_answers(bootstrap, timeout)
+            sasl_port = listeners.get(LISTENER)
+            if sasl_port is None:
+                return BrokerStatus(True, answering, pid, port, bootstrap, "", s.server_log,
+                                    sasl_reason=self._no_listener_reason())
+            sasl_bootstrap = f"{HOST}:{sasl_port}"
+            login = self._try_login(sasl_bootstrap, timeout) if answering else None
             return BrokerStatus(
-                True, kafka_answers(bootstrap, timeout), pid, port, bootstrap, "", s.server_log
+                True, answering, pid, port, bootstrap, "", s.server_log,
+                sasl_bootstrap=sasl_bootstrap,
+                sasl_answering=None if login is None else login.ok,
+                sasl_reason="" if login is None else login.reason,
+                client_config=s.client_config,
             )
-        busy = [p for p in (s.port, s.ctrl_port) if not _port_free(p)]
+        busy = [p for p in s.ports if not _port_free(p)]
         if busy:
             why += "; " + "; ".join(_describe_port_use(p) for p in busy)
         return BrokerStatus(False, False, None, None, None, why, s.server_log)
 
+    def _no_listener_reason(self) -> str:
+        """Why the running broker has no SASL_SSL listener: the reason its start wrote
+        into server.properties, else it predates the listener."""
+        reason = "this broker was launched without it"
+        with contextlib.suppress(OSError):
+            text = self.settings.server_properties.read_text()
+            match = re.search(rf"^# no {LISTENER} listener: (.*)$", text, re.MULTILINE)
+            if match:
+                reason = match.group(1)
+        if self.settings.sasl_ssl_port is None:
+            return reason
+        return f"{reason}; `availability kafka stop` then `start` adds it"
+
+    def _try_login(self, sasl_bootstrap: str, timeout: float) -> Login:
+        files = SecurityFiles(self.settings.security_dir)
+        try:
+            settings = files.client_settings()
+        except KafkaConfigError as exc:
+            return Login(False, reason=str(exc))
+        return sasl_login(sasl_bootstrap, settings, timeout)
+
     # -- start
 
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-        """Start (or find running) the broker and wait until it answers; returns bootstrap."""
+        """Start (or find running) the broker and wait until it answers, then until its
+        SCRAM user logs in over SASL_SSL; returns the PLAINTEXT bootstrap."""
         s = self.settings
         with _locked(s.home / ".kafka.lock"):
             pid, why = self._running_pid()
@@ -511,44 +634,155 @@ class LocalKafka:
                 self._say(f"Removing {why}")
                 s.pid_file.unlink(missing_ok=True)
             java = java_executable()
-            for port in (s.port, s.ctrl_port):
+            ports = s.ports
+            if len(set(ports)) != len(ports):
+                raise LocalKafkaError(
+                    f"the broker, controller and {LISTENER} ports must differ, got "
+                    f"{s.port}, {s.ctrl_port} and {s.sasl_ssl_port}"
+                )
+            for port in ports:
                 if not _port_free(port):
                     raise LocalKafkaError(
                         f"cannot start on port {port}: {_describe_port_use(port)}"
                     )
             libs = ensure_jars(s, self._say)
-            self._write_config()
+            files, why_not = self._prepare_security(s.sasl_bootstrap)
+            self._write_config(files, why_not)
             self._format_once(java, libs)
-            return self._launch(java, libs, timeout)
+            bootstrap = self._launch(java, libs, timeout)
+            if files is not None and s.sasl_bootstrap is not None:
+                self._ensure_sasl(files, s.sasl_bootstrap, timeout)
+            return bootstrap
+
+    def _prepare_security(self, sasl_bootstrap: str | None, launching: bool = True
+                          ) -> tuple[SecurityFiles | None, str]:
+        """The SASL_SSL listener's files, made if missing (certificates are renewed only
+        when ``launching``); else None and why not (also said as a warning): the broker
+        then starts with its PLAINTEXT listener alone."""
+        if sasl_bootstrap is None:
+            return None, "turned off"
+        directory = self.settings.security_dir
+        try:
+            files, made = ensure_security(directory, sasl_bootstrap, certificates=launching)
+        except (SecurityError, OSError) as exc:
+            details = getattr(exc, "details", "")
+            self._say(f"warning: no {LISTENER} listener: {exc}" + (f"\n{details}" if details
+                                                                     else ""))
+            return None, " ".join(str(exc).split())
+        if made:
+            self._say(f"Made {' and '.join(made)} in {directory}")
+        return files, ""
+
+    def _ensure_sasl(self, files: SecurityFiles, sasl_bootstrap: str, timeout: float) -> bool:
+        """Make sure the SCRAM user can log in on the SASL_SSL listener: set its
+        credential through the PLAINTEXT listener when it has none (a fresh data dir) or
+        another password (a new client file), then log in once. Only warns on failure:
+        the PLAINTEXT listener, which everything else uses, is up either way."""
+        started = time.monotonic()
+        deadline = started + min(timeout, 30.0)
+        password = files.password()
+        updated = False
+        try:
+            settings = files.client_settings()
+            if password is None:
+                raise SecurityError(f"no sasl.password in {files.client_config}")
+            updated = ensure_scram_user(self.bootstrap, password)
+            login = sasl_login(sasl_bootstrap, settings, max(1.0, deadline - time.monotonic()))
+            if login.auth_refused and not updated:
+                set_scram_password(self.bootstrap, password)
+                updated = True
+            while login.auth_refused and updated and time.monotonic() < deadline:
+                time.sleep(0.1)  # the new credential reaches the listener a moment later
+                login = sasl_login(sasl_bootstrap, settings,
+                                   max(1.0, deadline - time.monotonic()))
+        except Exception as exc:  # KafkaException, KafkaConfigError, SecurityError
+            login = Login(False, reason=str(exc))
+        if login.ok:
+            what = "credential set, " if updated else ""
+            self._say(
+                f"{LISTENER} ({SCRAM_MECHANISM}, user {SCRAM_USER}) ready at {sasl_bootstrap} "
+                f"({what}{time.monotonic() - started:.1f} s); client settings: "
+                f"{files.client_config}"
+            )
+            return True
+        hint = (" (its certificate is not the one in security/: `availability kafka stop` "
+                "then `start`)" if login.tls_failed else "")
+        self._say(
+            f"warning: the {LISTENER} listener at {sasl_bootstrap} does not work: "
+            f"{login.reason}{hint}; the PLAINTEXT listener at {self.bootstrap} does"
+        )
+        return False
 
     def _already_running(self, pid: int, timeout: float) -> str:
-        port = _read_listener_port(self.settings.server_properties)
-        if port is not None and port != self.settings.port:
+        s = self.settings
+        listeners = _read_listeners(s.server_properties)
+        port = listeners.get("PLAINTEXT")
+        if port is not None and port != s.port:
             raise LocalKafkaError(
-                f"the broker from {self.settings.home} already runs on port {port} (pid {pid}), "
-                f"not {self.settings.port}; stop it first or use another home"
+                f"the broker from {s.home} already runs on port {port} (pid {pid}), "
+                f"not {s.port}; stop it first or use another home"
+            )
+        sasl_port = listeners.get(LISTENER)
+        if sasl_port is not None and s.sasl_ssl_port not in (None, sasl_port):
+            raise LocalKafkaError(
+                f"the broker from {s.home} already runs with {LISTENER} on port {sasl_port} "
+                f"(pid {pid}), not {s.sasl_ssl_port}; stop it first or use another home"
             )
         bootstrap = self.bootstrap
         if kafka_answers(bootstrap, timeout=min(5.0, timeout)):
             self._say(f"Kafka already running (pid {pid}) and answering at {bootstrap}")
+        else:
+            self._say(f"Kafka already running (pid {pid}) but not answering yet; waiting ...")
+            self._wait_ready(pid, time.monotonic(), timeout)
+        if sasl_port is None:
+            if s.sasl_ssl_port is not None:
+                self._say(f"note: no {LISTENER} listener: {self._no_listener_reason()}")
             return bootstrap
-        self._say(f"Kafka already running (pid {pid}) but not answering yet; waiting ...")
-        return self._wait_ready(pid, time.monotonic(), timeout)
+        sasl_bootstrap = f"{HOST}:{sasl_port}"
+        files, _ = self._prepare_security(sasl_bootstrap, launching=False)
+        if files is not None:
+            self._ensure_sasl(files, sasl_bootstrap, timeout)
+        return bootstrap
 
-    def _write_config(self) -> None:
+    def _write_config(self, files: SecurityFiles | None = None, why_not: str = "") -> None:
+        """server.properties (mode 0600: it holds the broker's TLS key when ``files``;
+        without them, ``why_not`` is noted there for `status`)."""
         s = self.settings
         for d in (s.conf_dir, s.logs_dir, s.data_path):
             d.mkdir(parents=True, exist_ok=True)
+        listeners = f"PLAINTEXT://{HOST}:{s.port},CONTROLLER://{HOST}:{s.ctrl_port}"
+        advertised = f"PLAINTEXT://{HOST}:{s.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        secure = f"# no {LISTENER} listener: {why_not or 'turned off'}\n"
+        if files is not None and s.sasl_ssl_port is not None:
+            listeners += f",{LISTENER}://{HOST}:{s.sasl_ssl_port}"
+            advertised += f",{LISTENER}://{HOST}:{s.sasl_ssl_port}"
+            protocols += f",{LISTENER}:SASL_SSL"
+            prefix = f"listener.name.{LISTENER.lower()}."
+            secure = (
+                f"# {LISTENER}: {SCRAM_MECHANISM} users (credentials in the KRaft metadata),\n"
+                f"# TLS with the certificate in {files.directory} (PEM, inline).\n"
+                f"{prefix}sasl.enabled.mechanisms={SCRAM_MECHANISM}\n"
+                f"{prefix}{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+                f"{prefix}ssl.client.auth=none\n"
+                f"{prefix}ssl.keystore.type=PEM\n"
+                f"{prefix}ssl.keystore.certificate.chain={files.keystore_chain()}\n"
+                f"{prefix}ssl.keystore.key={files.keystore_key()}\n"
+            )
+        s.server_properties.touch(mode=0o600)
+        s.server_properties.chmod(0o600)
         s.server_properties.write_text(
             "# Written by `availability kafka start` on every launch; edits are overwritten.\n"
             "process.roles=broker,controller\n"
             "node.id=1\n"
             f"controller.quorum.bootstrap.servers={HOST}:{s.ctrl_port}\n"
-            f"listeners=PLAINTEXT://{HOST}:{s.port},CONTROLLER://{HOST}:{s.ctrl_port}\n"
-            f"advertised.listeners=PLAINTEXT://{HOST}:{s.port}\n"
+            f"listeners={listeners}\n"
+            f"advertised.listeners={advertised}\n"
             "controller.listener.names=CONTROLLER\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"listener.security.protocol.map={protocols}\n"
             "inter.broker.listener.name=PLAINTEXT\n"
+            f"{secure}"
             f"log.dirs={s.data_path}\n"
             f"num.partitions={s.partitions}\n"
             "offsets.topic.replication.factor=1\n"

@@ -35,7 +35,8 @@ def availability(*args: str) -> list[str]:
 
 def api_argv(brokers: str, topics: TopicNames, data_dir: Path, *extra: str) -> list[str]:
     return availability("api", "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                        "--port", "0", "--metrics-port", "0", "--brokers", brokers,
+                        "--port", "0", "--http-port", "0", "--metrics-port", "0",
+                        "--brokers", brokers,
                         "--positions-topic", topics.positions,
                         "--channels-topic", topics.channels, *extra)
 

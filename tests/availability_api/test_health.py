@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from availability_api.client import ApiError
 from availability_api.service import SERVICE_NAME
 from availability_contracts.topics import TopicNames
 from availability_kafka.admin import create_topics
@@ -78,5 +79,15 @@ def test_not_serving_while_the_topics_do_not_exist(
     create_topics(brokers, topics)
     snapshots.publish(topics, channels=[channel_record("web", "SKU-1", 4, 1)])
     assert record_health(api.target, "", "SERVING")[-1] == "SERVING"
+    # topics that appear after start-up have no start-up end to wait for: SERVING can come
+    # a moment before the first record is applied
+    deadline = time.monotonic() + 30
     with api.client() as client:
-        assert client.get("web", "SKU-1").availability.ats == 4
+        while True:
+            try:
+                if client.get("web", "SKU-1").availability.ats == 4:
+                    break
+            except ApiError:
+                pass
+            assert time.monotonic() < deadline, "the record published after start never came"
+            time.sleep(0.2)

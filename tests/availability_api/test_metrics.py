@@ -40,7 +40,7 @@ def test_api_metrics_after_traffic(brokers: str, topics: TopicNames, codec: Code
     process = subprocess.Popen(
         [sys.executable, "-m", "availability", "api", "--brokers", brokers,
          "--data-dir", str(tmp_path / "replica"), "--host", "127.0.0.1",
-         "--port", str(grpc_port), "--metrics-port", str(metrics_port),
+         "--port", str(grpc_port), "--http-port", "0", "--metrics-port", str(metrics_port),
          "--positions-topic", topics.positions, "--channels-topic", topics.channels,
          "--drain-seconds", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -119,7 +119,8 @@ def start_api(brokers: str, topics: TopicNames, data_dir: Path, port: int, log: 
     exe = REPO / ".venv" / "bin" / "availability"
     argv = [str(exe) if exe.exists() else "availability", "api", "--brokers", brokers,
             "--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1",
-            "--metrics-port", "0", "--events-topic", topics.events, "--dlq-topic", topics.dlq,
+            "--metrics-port", "0", "--http-port", "0", "--events-topic", topics.events,
+            "--dlq-topic", topics.dlq,
             "--positions-topic", topics.positions, "--channels-topic", topics.channels]
     return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             env={**os.environ})
