@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from availability_contracts.registry import RegistrySettings
 from availability_contracts.topics import TopicNames
 from availability_kafka.config import KafkaConnection
 
@@ -24,7 +25,7 @@ class ApiSettings:
     """gRPC port; 0 picks a free port (see ApiServer.port)."""
     tls: ServerTls | None = None
     """Secures the gRPC and the HTTP/JSON port alike."""
-    schema_registry: str | None = None
+    schema_registry: RegistrySettings | str | None = None
     drain_seconds: float = 2.0
     grace_seconds: float = 5.0
     http_port: int | None = None

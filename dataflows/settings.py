@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from availability_contracts.registry import RegistrySettings
 from availability_contracts.topics import TopicNames
 from availability_domain.events import DEFAULT_MAX_FUTURE_SKEW_MS
 from availability_domain.inventory import DEFAULT_DEDUPE_HORIZON_MS, DEFAULT_LATENESS_HORIZON_MS
@@ -18,7 +19,7 @@ class EngineSettings:
     rules_path: Path
     recovery_dir: Path | None
     topics: TopicNames = field(default_factory=TopicNames)
-    schema_registry: str | None = None
+    schema_registry: RegistrySettings | str | None = None
     batch_size: int = 2000
     epoch_interval_s: float = 10.0
     dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS

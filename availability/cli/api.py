@@ -17,6 +17,7 @@ from availability.cli import (
     kafka_connection,
     topic_names,
 )
+from availability.cli.registry_options import registry_settings
 from availability_api.settings import ApiSettings
 
 DEFAULTS = ApiSettings.defaults()
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ApiSettings(
         data_dir=args.data_dir, brokers=kafka_connection(args, reach=True),
         topics=topic_names(args),
-        host=args.host, port=args.port, tls=tls, schema_registry=args.schema_registry,
+        host=args.host, port=args.port, tls=tls, schema_registry=registry_settings(args),
         drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
         http_port=args.http_port or None, http_host=getattr(args, "http_host", None),
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,

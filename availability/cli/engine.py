@@ -13,6 +13,12 @@ from availability.cli import (
     reach_kafka,
     topic_names,
 )
+from availability.cli.registry_options import (
+    ENGINE_WRITES,
+    register_registry_contracts,
+    registry_member_args,
+    registry_settings,
+)
 from availability_contracts.times import HOUR_MS, MINUTE_MS
 from availability_kafka.config import KafkaConnection
 from dataflows.settings import EngineSettings
@@ -77,7 +83,7 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         rules_path=args.rules,
         recovery_dir=args.recovery_dir,
         topics=topic_names(args),
-        schema_registry=args.schema_registry,
+        schema_registry=registry_settings(args),
         batch_size=args.batch_size,
         epoch_interval_s=args.epoch_interval,
         dedupe_horizon_ms=int(args.dedupe_horizon_hours * HOUR_MS),
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             f"{settings.topics.events} has {len(topic.partitions)} partitions, not divisible "
             f"by --processes {args.processes} (a process with fewer partitions stalls)"
         )
+    register_registry_contracts(args, settings.topics, ENGINE_WRITES)
     try:
         RecoveryDir(args.recovery_dir).check_writable()
         created = ensure_recovery_dir(args.recovery_dir, max(args.processes, 1))
@@ -187,6 +194,4 @@ def _member_args(args: argparse.Namespace) -> list[str]:
         "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
         "--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host,
     ]
-    if args.schema_registry:
-        argv += ["--schema-registry", args.schema_registry]
-    return argv
+    return argv + registry_member_args(args)

@@ -14,6 +14,7 @@ from availability.cli import (
     kafka_connection,
     topic_names,
 )
+from availability.cli.registry_options import add_registry_arguments, register_registry_contracts
 from availability_contracts.errors import AvailabilityError
 from availability_contracts.topics import (
     DLQ_CONFIG,
@@ -102,6 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="topic config for the topics of ROLE (default: all), repeatable; "
                              "see below")
     add_topic_arguments(create)
+    add_registry_arguments(create)
     create.set_defaults(run=run_create)
 
     describe = actions.add_parser(
@@ -157,6 +159,8 @@ def run_create(args: argparse.Namespace) -> int:
         if chosen == 1:
             note += "; one replica does not survive the loss of its broker"
         print(note)
+    for done in register_registry_contracts(args, topic_names(args)):
+        print(f"{done.subject}  registered  schema id {done.schema_id} ({done.schema})")
     return 0
 
 
