@@ -32,7 +32,7 @@ from availability.retail_day import Workload
 from availability_contracts.codec import Codec
 from availability_contracts.keys import channel_key
 from availability_contracts.schemas import CHANNEL_SCHEMA
-from availability_contracts.topics import TopicNames
+from availability_contracts.topics import ConfigOverride, TopicNames
 from availability_domain.events import EventType, InventoryEvent
 from availability_domain.rules import load_rules
 from availability_kafka.admin import create_topics
@@ -265,7 +265,10 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     """The demo; 0 when the replay ran through, 130 when Ctrl-C cut it short."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     connection = settings.connection()
-    create_topics(connection, settings.topics, partitions=4)
+    # a demo lasts minutes: short segments let compaction leave about one record per key
+    # soon after it (the production setting is 15 min)
+    create_topics(connection, settings.topics, partitions=4,
+                  overrides=[ConfigOverride.parse("snapshots:segment.ms=30000")])
     log = settings.state_dir / "engine.log"
     console.print(f"starting the engine ({settings.processes} processes), log: {log}")
     engine = start_engine(settings, log)

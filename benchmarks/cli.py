@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from availability_kafka.config import ENV_VAR
 from benchmarks.report import OtherCpu, ScenarioResult, results_dir
 
 SCENARIOS = ("drain", "freshness", "grpc", "recovery")
@@ -43,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                             "127.0.0.1:9092"),
                         help="Kafka bootstrap servers; a local broker is started if none "
                              "answers (default: $AVAILABILITY_BROKERS, else %(default)s)")
+    common.add_argument("--kafka-config", type=Path, default=None, metavar="FILE",
+                        help="librdkafka client settings for a secured Kafka, passed to every "
+                             "system and client of the run (default: "
+                             "$AVAILABILITY_KAFKA_CONFIG)")
     common.add_argument("--smoke", action="store_true",
                         help="tiny sizes: checks the scenario works, measures nothing useful")
     common.add_argument("--out", type=Path, default=None,
@@ -159,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     failures = 0
+    if args.kafka_config is not None:  # every system and client of the run reads it
+        os.environ[ENV_VAR] = str(args.kafka_config.resolve())
     previous = _interruptible()
     try:
         with kafka(args.brokers, log) as brokers:

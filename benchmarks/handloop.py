@@ -30,6 +30,7 @@ from availability_contracts.errors import InvalidEvent
 from availability_domain.events import decode_event
 from availability_domain.rules import load_rules
 from benchmarks.fold import SkuFold, now_ms
+from benchmarks.kafka_util import client_settings
 
 BATCH = 5_000
 POLL_TIMEOUT_S = 0.002
@@ -59,16 +60,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     fold = SkuFold(load_rules(args.rules), Codec())
-    consumer = Consumer({
-        "bootstrap.servers": args.brokers, "group.id": args.group,
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    consumer = Consumer(client_settings(args.brokers, {
+        "group.id": args.group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
         "fetch.wait.max.ms": 10, "fetch.min.bytes": 1,
-    })
-    producer = Producer({
-        "bootstrap.servers": args.brokers, "linger.ms": 5, "batch.num.messages": 10000,
+    }))
+    producer = Producer(client_settings(args.brokers, {
+        "linger.ms": 5, "batch.num.messages": 10000,
         "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4",
         "enable.idempotence": True,
-    })
+    }))
     failures = Failures()
     topics = (args.positions_topic, args.channels_topic, args.dlq_topic)
     decode = partial(decode_event, fold.codec)

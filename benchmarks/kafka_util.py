@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -19,11 +20,18 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from availability_contracts.keys import position_key
 from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent
+from availability_kafka.config import load_kafka_config
 from availability_kafka.topic_reader import scan_topic, watermarks
 from benchmarks.avro_events import encode_event
 
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 SNAPSHOT_CONFIG = {"cleanup.policy": "compact", **APPEND_TIME}
+
+
+def client_settings(brokers: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark client's settings: its tuning, then $AVAILABILITY_KAFKA_CONFIG (set by
+    ``--kafka-config``), then the brokers, as every product command does."""
+    return load_kafka_config(None, brokers).client(defaults)
 
 
 @dataclass
@@ -39,7 +47,7 @@ class TopicJanitor:
     groups: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.admin = AdminClient({"bootstrap.servers": self.brokers})
+        self.admin = AdminClient(client_settings(self.brokers, {}))
 
     def create(self, configs: dict[str, dict[str, str]], partitions: int) -> None:
         new = [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)
@@ -94,9 +102,10 @@ class TopicJanitor:
 
 def load_producer(brokers: str, linger_ms: int = 5) -> Producer:
     """A source system's producer: batched, lz4, idempotent (like ConfirmedProducer)."""
-    return Producer({"bootstrap.servers": brokers, "linger.ms": linger_ms,
-                     "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
-                     "compression.type": "lz4", "enable.idempotence": True})
+    return Producer(client_settings(brokers, {
+        "linger.ms": linger_ms, "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4",
+        "enable.idempotence": True}))
 
 
 class Delivery:
@@ -157,8 +166,8 @@ def end_offsets(consumer: Consumer, topics: Iterable[str]) -> dict[str, int]:
 
 
 def admin_consumer(brokers: str) -> Consumer:
-    return Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{uuid.uuid4()}",
-                     "enable.auto.commit": False})
+    return Consumer(client_settings(brokers, {"group.id": f"bench-{uuid.uuid4()}",
+                                              "enable.auto.commit": False}))
 
 
 @dataclass

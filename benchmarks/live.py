@@ -32,7 +32,7 @@ from availability_contracts.schemas import POSITION_SCHEMA
 from availability_domain.events import EventType, InventoryEvent
 from availability_kafka.topic_reader import watermarks
 from benchmarks.avro_events import encode_event
-from benchmarks.kafka_util import Delivery, read_records
+from benchmarks.kafka_util import Delivery, client_settings, read_records
 
 SENTINEL_SKU = "BENCH-SENTINEL"
 
@@ -146,8 +146,8 @@ class LiveProducer:
         everything produced there; a system reads a partition in order, so once each
         sentinel position's snapshot is out, everything before it has been folded.
         """
-        consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{uuid.uuid4()}",
-                             "enable.auto.commit": False})
+        consumer = Consumer(client_settings(brokers, {"group.id": f"bench-{uuid.uuid4()}",
+                                                      "enable.auto.commit": False}))
         try:
             partitions = sorted(
                 consumer.list_topics(positions_topic, timeout=30).topics[positions_topic]

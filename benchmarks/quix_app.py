@@ -40,6 +40,7 @@ from availability_contracts.codec import Codec
 from availability_contracts.errors import InvalidEvent
 from availability_domain.events import decode_event
 from availability_domain.rules import load_rules
+from availability_kafka.config import load_kafka_config
 from benchmarks.fold import Output, SkuFold, now_ms
 
 
@@ -51,12 +52,15 @@ class OutputValue(Serializer):
 
 
 def build(args: argparse.Namespace) -> Application:
+    # $AVAILABILITY_KAFKA_CONFIG (``--kafka-config``), as for the other systems
+    secured = dict(load_kafka_config(None, args.brokers).settings)
     app = Application(
         broker_address=args.brokers, consumer_group=args.group,
         auto_offset_reset="earliest", commit_interval=5.0, loglevel="WARNING",
         use_changelog_topics=False, auto_create_topics=False,
         producer_extra_config={"linger.ms": 5, "batch.num.messages": 10000,
-                               "compression.type": "lz4"},
+                               "compression.type": "lz4", **secured},
+        consumer_extra_config=dict(secured),
     )
     events = app.topic(args.events_topic, value_deserializer="bytes",
                        key_deserializer="bytes")
