@@ -35,6 +35,11 @@ LATENCY = Histogram(
     ["method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300),
 )
+PROGRESS_COMMIT_FAILURES = Counter(
+    "availability_api_progress_commit_failures",
+    "Failed commits of the replica's progress to its consumer group (a report for lag "
+    "tools: the store keeps the offsets that count).",
+)
 REPLICA_LAG = Gauge(
     "availability_api_replica_lag_records",
     "Snapshot records on the topics not yet applied to this replica's RocksDB.",

@@ -34,6 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from availability_api import frames
+from availability_api.metrics import PROGRESS_COMMIT_FAILURES
 from availability_api.store import ReplicaStore, StoreChanges, StoreError, TopicPartitionKey
 from availability_contracts.codec import Codec
 from availability_contracts.keys import channel_key, position_key
@@ -226,6 +227,7 @@ class Replica:
 
     def _commit_failed(self, reason: str) -> None:
         self.commit_failures += 1
+        PROGRESS_COMMIT_FAILURES.inc()
         self._commit_failing = True
         now = time.monotonic()
         if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:

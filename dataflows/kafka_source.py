@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from availability_kafka.config import KafkaConnection
-from dataflows.metrics import INPUT_LAG
+from dataflows.metrics import INPUT_LAG, PROGRESS_COMMIT_FAILURES
 
 log = logging.getLogger("availability.engine.source")
 
@@ -103,6 +103,7 @@ class _GroupReport:
 
     def _failed(self, reason: str) -> None:
         self.failures += 1
+        PROGRESS_COMMIT_FAILURES.inc()
         self._failing = True
         now = time.monotonic()
         if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:

@@ -40,6 +40,11 @@ INPUT_LAG = Gauge(
     ["partition"],
 )
 
+PROGRESS_COMMIT_FAILURES = Counter(
+    "availability_progress_commit_failures",
+    "Failed commits of the engine's progress to its consumer group (a report for lag tools: "
+    "the recovery snapshots keep the offsets that count).",
+)
 REGISTRY_RETRIES = Counter(
     "availability_registry_retries",
     "Schema registry requests that failed in a way worth retrying (no answer, 5xx, 401); "
