@@ -6,6 +6,7 @@ session starts it and stops it at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,8 +89,10 @@ def secure_kafka(brokers: str) -> SecureKafka:
 
 
 @pytest.fixture
-def topics(brokers: str, request: pytest.FixtureRequest) -> TopicNames:
-    """The four topics under names unique to this test, so tests never share state."""
+def topics(brokers: str, request: pytest.FixtureRequest) -> Iterator[TopicNames]:
+    """The four topics under names unique to this test, so tests never share state;
+    deleted afterwards, so a long-lived dev broker does not pile up partitions (a broker
+    holding tens of thousands of them takes minutes to start)."""
     prefix = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace(
         "]", "")
     names = TopicNames(
@@ -100,7 +103,19 @@ def topics(brokers: str, request: pytest.FixtureRequest) -> TopicNames:
     )
     partitions = getattr(request, "param", 4)
     create_topics(brokers, names, partitions=partitions)
-    return names
+    yield names
+    delete_topics(brokers, names)
+
+
+def delete_topics(brokers: str, names: TopicNames) -> None:
+    """Best effort: a test's leftovers must not fail the test."""
+    from confluent_kafka.admin import AdminClient
+
+    with contextlib.suppress(Exception):
+        admin = AdminClient({"bootstrap.servers": brokers})
+        for future in admin.delete_topics(list(names.configs()), operation_timeout=10).values():
+            with contextlib.suppress(Exception):  # already gone, or the broker is busy
+                future.result(15)
 
 
 @pytest.fixture
