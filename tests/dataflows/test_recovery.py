@@ -13,29 +13,16 @@ import pytest
 
 from availability.retail_day import Workload
 from availability_contracts.codec import Codec
-from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
 from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent
-from availability_domain.reference import QUANTITIES
 from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import load_rules
 from availability_kafka.delivery import ConfirmedProducer
-from availability_kafka.topic_reader import latest_by_key
 
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "examples" / "rules.toml"
-
-
-def engine_tables(brokers: str, topics: TopicNames, codec: Codec
-                  ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    positions = latest_by_key(brokers, topics.positions,
-                              lambda b: codec.decode(POSITION_SCHEMA, b), timeout=60)
-    channels = latest_by_key(brokers, topics.channels,
-                             lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=60)
-    return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
-            {k: v["ats"] for k, v in channels.items()})
 
 
 def publish(brokers: str, topic: str, events: list[InventoryEvent], codec: Codec) -> None:
@@ -50,6 +37,7 @@ def _has_started(engine: Any) -> bool:
 
 
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
+        snapshot_tables: Callable[..., Any],
         brokers: str, topics: TopicNames, codec: Codec,
         engine_factory: Callable[..., Any], wait_for: Callable[..., Any]) -> None:
     events = list(Workload(skus=3_000, seed=11).events(250_000))
@@ -66,14 +54,15 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
 
     final = engine_factory(topics, RULES).start()
     try:
-        wait_for(lambda: engine_tables(brokers, topics, codec) == expected, 240,
+        wait_for(lambda: snapshot_tables(topics) == expected, 240,
                  "the tables after three kill -9 to equal the in-process fold", interval=3)
     finally:
         final.stop()
 
 
 @pytest.mark.parametrize("topics", [4], indirect=True)
-def test_two_processes_equal_one(brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
+def test_two_processes_equal_one(snapshot_tables: Callable[..., Any], brokers: str,
+                                 topics: TopicNames, codec: Codec, tmp_path: Path,
                                  engine_factory: Callable[..., Any],
                                  wait_for: Callable[..., Any]) -> None:
     events = list(Workload(skus=500, seed=3).events(40_000))
@@ -82,7 +71,7 @@ def test_two_processes_equal_one(brokers: str, topics: TopicNames, codec: Codec,
     engine = engine_factory(topics, RULES, processes=2,
                             recovery_dir=tmp_path / "recovery-2").start()
     try:
-        wait_for(lambda: engine_tables(brokers, topics, codec) == expected, 120,
+        wait_for(lambda: snapshot_tables(topics) == expected, 120,
                  "two processes to produce the one-process tables", interval=2)
     finally:
         assert engine.stop() == 0, engine.log()

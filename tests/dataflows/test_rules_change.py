@@ -18,13 +18,11 @@ import pytest
 
 from availability_api.client import ApiError, AvailabilityClient
 from availability_contracts.codec import Codec
-from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
 from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent, parse_event
-from availability_domain.reference import QUANTITIES
 from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import load_rules
-from availability_kafka.topic_reader import latest_by_key, scan_topic
+from availability_kafka.topic_reader import scan_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -94,16 +92,6 @@ def events() -> list[InventoryEvent]:
     return out
 
 
-def topic_tables(brokers: str, topics: TopicNames, codec: Codec
-                 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    positions = latest_by_key(brokers, topics.positions,
-                              lambda b: codec.decode(POSITION_SCHEMA, b), timeout=30)
-    channels = latest_by_key(brokers, topics.channels,
-                             lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=30)
-    return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
-            {k: v["ats"] for k, v in channels.items()})
-
-
 def record_count(brokers: str, topic: str) -> int:
     return sum(1 for _ in scan_topic(brokers, topic, timeout=30))
 
@@ -141,6 +129,7 @@ def replica_channels(client: AvailabilityClient, keys: list[str]) -> dict[str, i
 
 
 def test_restart_with_changed_rules_republishes_without_events(
+        snapshot_tables: Callable[..., Any],
         brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
         engine_factory: Callable[..., Any], wait_for: Callable[..., Any],
         publish_events: Callable[..., int]) -> None:
@@ -153,7 +142,7 @@ def test_restart_with_changed_rules_republishes_without_events(
     publish_events(topics.events, stream)
 
     engine = engine_factory(topics, before).start()
-    wait_for(lambda: topic_tables(brokers, topics, codec) == expected_before, 60,
+    wait_for(lambda: snapshot_tables(topics) == expected_before, 60,
              "the tables under the first rules")
     assert engine.stop() == 0, engine.log()
 
@@ -168,7 +157,7 @@ def test_restart_with_changed_rules_republishes_without_events(
 
         engine = engine_factory(topics, after).start()
         try:
-            wait_for(lambda: topic_tables(brokers, topics, codec) == expected_after, 60,
+            wait_for(lambda: snapshot_tables(topics) == expected_after, 60,
                      "the tables under the changed rules, with no new event")
             removed = sorted(set(expected_before[1]) - set(expected_after[1]))
             assert removed and all(k.startswith(("walmart|", "pickup|")) for k in removed)
@@ -198,6 +187,7 @@ def test_restart_with_changed_rules_republishes_without_events(
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sighup_reloads_the_rules_and_refuses_a_broken_file(
+        snapshot_tables: Callable[..., Any],
         processes: int, brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
         engine_factory: Callable[..., Any], wait_for: Callable[..., Any],
         publish_events: Callable[..., int]) -> None:
@@ -208,7 +198,7 @@ def test_sighup_reloads_the_rules_and_refuses_a_broken_file(
     publish_events(topics.events, stream)
     engine = engine_factory(topics, rules, processes=processes).start()
     try:
-        wait_for(lambda: topic_tables(brokers, topics, codec) == expected_before, 60,
+        wait_for(lambda: snapshot_tables(topics) == expected_before, 60,
                  "the tables under the first rules")
         pid = engine.process.pid
 
@@ -223,7 +213,7 @@ def test_sighup_reloads_the_rules_and_refuses_a_broken_file(
         rules.write_text(AFTER)
         engine.process.send_signal(signal.SIGHUP)
         expected_after = fold_in_process(stream, load_rules(rules))
-        wait_for(lambda: topic_tables(brokers, topics, codec) == expected_after, 90,
+        wait_for(lambda: snapshot_tables(topics) == expected_after, 90,
                  "the tables under the reloaded rules")
         assert engine.process.poll() is None and engine.process.pid == pid, engine.log()
         assert "reloading rules" in engine.log()
