@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,14 +19,25 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from bytewax._bytewax import cli_main
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 
 from availability_domain.rules import RulesError, load_rules
 from dataflows import metrics
+from dataflows.cluster import (
+    CHECK_PORT_OFFSET,
+    ClusterError,
+    ClusterSpec,
+    MemberReport,
+    StartupCheck,
+    cluster_problems,
+    merged_runs,
+    partitions_to_create,
+)
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
 from dataflows.settings import EngineSettings
@@ -33,13 +45,10 @@ from dataflows.sku_logic import RunContext
 from dataflows.state_dir import RecoveryDir, StateDirError, VersionClock
 
 
-def ensure_recovery_dir(path: Path, partitions: int) -> bool:
-    """Create the recovery partitions on first use; return True when they were created."""
-    path.mkdir(parents=True, exist_ok=True)
-    if any(path.glob("part-*.sqlite3")):
-        return False
-    init_db_dir(path, partitions)
-    return True
+class PeerLost(ClusterError):
+    """A member's connection to a peer broke: Bytewax cannot go on with fewer members."""
+
+    code = "peer_lost"
 
 
 RELOAD_REQUESTED = threading.Event()
@@ -76,6 +85,13 @@ def rules_reload_accepted(rules_path: Path, current_fingerprint: str) -> bool:
     return True
 
 
+def _refuse_member_reload(signum: int, frame: object) -> None:
+    """One member cannot change rules alone: its peers would publish by the old ones."""
+    print("engine: SIGHUP ignored: a member started with --addresses takes new rules when "
+          "every member is restarted (the start-up check refuses members with different "
+          "rules)", file=sys.stderr, flush=True)
+
+
 def tune_garbage_collector() -> None:
     """Collect young objects less often.
 
@@ -89,29 +105,120 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(200_000, 50, 100)
 
 
-def run_member(settings: EngineSettings, process_id: int | None = None,
-               addresses: Sequence[str] | None = None) -> None:
+@dataclass(frozen=True)
+class Membership:
+    """This process's place in a Bytewax cluster, and what it checks its peers against."""
+
+    spec: ClusterSpec
+    events_partitions: int
+    supervised: bool = False
+    """Started by ``--processes``: the parent handles SIGHUP and restarts."""
+    check_timeout_s: float | None = None
+    """How long to wait for every peer at the start-up check (None: as long as it takes)."""
+
+
+def _member_report(settings: EngineSettings, state_dir: RecoveryDir, rules_fingerprint: str,
+                   addresses: tuple[str, ...], events_partitions: int,
+                   recovery_partitions: int) -> MemberReport:
+    topics = settings.topics
+    return MemberReport(
+        process_id=state_dir.process_id,
+        addresses=addresses,
+        recovery_dir=str(state_dir.path),
+        rules_fingerprint=rules_fingerprint,
+        topics=(topics.events, topics.dlq, topics.positions, topics.channels),
+        events_partitions=events_partitions,
+        partitions=state_dir.partitions(),
+        partitions_wanted=recovery_partitions,
+        runs=state_dir.runs(),
+        version_floor=state_dir.version_floor(),
+        nonce=secrets.token_hex(8),
+    )
+
+
+def prepare_recovery(settings: EngineSettings, state_dir: RecoveryDir, rules_fingerprint: str,
+                     membership: Membership | None
+                     ) -> tuple[int, dict[int, str], int, StartupCheck | None]:
+    """Check the recovery partitions (with every peer's, in a cluster) and create this
+    member's share of them on a fresh start.
+
+    Returns the run number to record (every member records the same), the run ledger
+    merged over the members, the highest version floor among them and, in a cluster,
+    the check's listener (it stays, to hear of a peer that restarts or stops).
+    """
+    if membership is None:
+        mine = _member_report(settings, state_dir, rules_fingerprint, ("this process",), 0,
+                              settings.recovery_partitions or 1)
+        reports = [mine]
+        check = None
+    else:
+        spec = membership.spec
+        mine = _member_report(settings, state_dir, rules_fingerprint, spec.addresses,
+                              membership.events_partitions,
+                              settings.recovery_partitions or spec.members)
+        check = StartupCheck(spec, mine, on_peer_stop=_stop_with_peer)
+        reports = check.exchange(membership.check_timeout_s)
+    problems = cluster_problems(reports)
+    if problems:
+        if check is not None:
+            check.close()
+        who = "the cluster's members disagree, so none of them starts" if check else \
+            f"recovery dir {state_dir.path} cannot be resumed"
+        raise ClusterError(f"{who}:\n  - " + "\n  - ".join(problems))
+    count, share = partitions_to_create(reports, state_dir.process_id)
+    if share:
+        state_dir.create_partitions(count, share)
+    if membership is not None:
+        total = count or max(s.count for r in reports for s in r.partitions.values())
+        print(f"engine: member {state_dir.process_id} of {len(reports)}: start-up check "
+              f"passed; recovery {'created' if count else 'resumed'}, "
+              f"{len(mine.partitions) + len(share)} of {total} partitions in "
+              f"{state_dir.path}", flush=True)
+    runs = merged_runs(reports)
+    return max(runs, default=0) + 1, runs, max(r.version_floor for r in reports), check
+
+
+def _stop_with_peer(message: str) -> None:
+    if not STOP_REQUESTED.is_set():
+        print(message, flush=True)
+        STOP_REQUESTED.set()
+
+
+def run_member(settings: EngineSettings, membership: Membership | None = None) -> None:
     """Run this process's part of the flow until SIGINT or SIGTERM asks it to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _request_stop)
     rules = load_rules(settings.rules_path)
     context = RunContext(rules, rules.fingerprint())
-    if process_id is None:
+    if membership is None:
         def reload(signum: int, frame: object) -> None:
             if rules_reload_accepted(settings.rules_path, context.rules_fingerprint):
                 RELOAD_REQUESTED.set()
                 STOP_REQUESTED.set()
 
         signal.signal(signal.SIGHUP, reload)
-    else:
+    elif membership.supervised:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervising parent reloads
+    else:
+        signal.signal(signal.SIGHUP, _refuse_member_reload)
+    process_id = membership.spec.process_id if membership is not None else None
     recovery = None
     if settings.recovery_dir is not None:
         state_dir = RecoveryDir(settings.recovery_dir, process_id or 0)
         state_dir.claim()
-        run, history = state_dir.record_run(context.rules_fingerprint)
+        run, known, floor, check = prepare_recovery(settings, state_dir,
+                                                    context.rules_fingerprint, membership)
+        if check is not None:
+            def stop_all(signum: int, frame: object) -> None:
+                if not STOP_REQUESTED.is_set():
+                    check.tell_peers_to_stop()
+                _request_stop(signum, frame)
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, stop_all)
+        run, history = state_dir.record_run(context.rules_fingerprint, run, known)
         context = RunContext(rules, context.rules_fingerprint, run, history,
-                             state_dir.version_clock())
+                             state_dir.version_clock(floor))
         recovery = RecoveryConfig(str(settings.recovery_dir))
     else:
         context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
@@ -124,7 +231,7 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
             build_flow(settings, context),
             workers_per_process=1,
             process_id=process_id,
-            addresses=list(addresses) if addresses else None,
+            addresses=list(membership.spec.addresses) if membership is not None else None,
             epoch_interval=timedelta(seconds=settings.epoch_interval_s),
             recovery_config=recovery,
         )
@@ -134,6 +241,11 @@ def run_member(settings: EngineSettings, process_id: int | None = None,
         problem = storage_problem(settings.recovery_dir)
         if problem is not None:
             raise StateDirError(problem) from exc
+        if membership is not None and "thread panic" in str(exc):
+            raise PeerLost(
+                f"member {process_id} lost its connection to the cluster (a peer stopped "
+                "or the network between members broke); start every member again: they "
+                "resume from their recovery snapshots") from exc
         raise
 
 
@@ -162,14 +274,27 @@ def storage_problem(recovery_dir: Path | None) -> str | None:
     return None
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+def free_port_pairs(count: int) -> list[int]:
+    """``count`` ports ``p`` with ``p + 1`` free too (Bytewax's and the start-up check's)."""
+    found: list[int] = []
+    held: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        while len(found) < count:
+            first = socket.socket()
+            first.bind(("127.0.0.1", 0))
+            held.append(first)
+            port = first.getsockname()[1]
+            second = socket.socket()
+            try:
+                second.bind(("127.0.0.1", port + CHECK_PORT_OFFSET))
+            except OSError:
+                second.close()
+                continue
+            held.append(second)
+            found.append(port)
+        return found
     finally:
-        for sock in sockets:
+        for sock in held:
             sock.close()
 
 
@@ -188,9 +313,10 @@ def run_cluster(member_argv: Sequence[str], processes: int, rules_path: Path | N
     SIGHUP with a valid, changed ``rules_path`` stops the members cleanly and sets
     :data:`RELOAD_REQUESTED`, for the caller to start the cluster again.
     """
-    addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(processes))
+    addresses = ";".join(f"127.0.0.1:{port}" for port in free_port_pairs(processes))
     children = [
-        subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses],
+        subprocess.Popen([*member_argv, "--process-id", str(index), "--addresses", addresses,
+                          "--supervised"],
                          preexec_fn=_stop_with_parent)
         for index in range(processes)
     ]

@@ -31,6 +31,9 @@ class EngineSettings:
     """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to (0.0.0.0 for a scraper on another host)."""
+    recovery_partitions: int | None = None
+    """Partitions of a new recovery store; None: one per member. Fixed once created, so
+    give it the largest member count the cluster may grow to."""
 
     @classmethod
     def defaults(cls) -> EngineSettings:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import time
+from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import IO
 
 from availability_contracts.errors import AvailabilityError
+from dataflows.cluster import PartitionSummary
 
 LEASE_US = 5_000_000
 """How far ahead of the versions handed out the persisted floor is kept."""
@@ -115,18 +119,70 @@ class RecoveryDir:
         _write_atomically(probe, "ok\n")
         probe.unlink(missing_ok=True)
 
-    def record_run(self, rules_fingerprint: str) -> tuple[int, dict[int, str]]:
-        """Append this start to ``runs.json``; return its number and every run's rules."""
+    def record_run(self, rules_fingerprint: str, run: int | None = None,
+                   known: Mapping[int, str] | None = None) -> tuple[int, dict[int, str]]:
+        """Add this start to ``runs.json``; return its number and every run's rules.
+
+        A cluster's members agree on ``run`` and on the runs ``known`` to any of them
+        (see :mod:`dataflows.cluster`), so every member's copy of the ledger, shared or
+        not, says the same; recording the same run twice is harmless.
+        """
         ledger = self.path / "runs.json"
         with (self.path / "runs.lock").open("a", encoding="utf-8") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             runs = self._read_runs(ledger)
-            run = max(runs, default=0) + 1
+            runs.update(known or {})
+            if run is None:
+                run = max(runs, default=0) + 1
             runs[run] = rules_fingerprint
             _write_atomically(ledger, json.dumps(
                 {"runs": [[number, fingerprint] for number, fingerprint in sorted(runs.items())]}
             ) + "\n")
         return run, runs
+
+    def runs(self) -> dict[int, str]:
+        return self._read_runs(self.path / "runs.json")
+
+    def partitions(self) -> dict[int, PartitionSummary]:
+        """The Bytewax recovery partitions in this dir, as each file describes itself."""
+        found: dict[int, PartitionSummary] = {}
+        for part in sorted(self.path.glob("part-*.sqlite3")):
+            try:
+                with closing(sqlite3.connect(part, timeout=30)) as db:
+                    rows = db.execute("SELECT part_index, part_count FROM parts").fetchall()
+                    execution = db.execute("SELECT MAX(ex_num) FROM exs").fetchone()[0]
+                    epochs = dict(db.execute("SELECT part_index, commit_epoch FROM commits"))
+            except sqlite3.Error as exc:
+                raise StateDirError(f"recovery partition {part} is unreadable ({exc}): "
+                                    "restore it from a backup") from exc
+            for index, count in rows:
+                found[int(index)] = PartitionSummary(int(count), int(execution or 0),
+                                                     int(epochs.get(index, 0)))
+        return found
+
+    def create_partitions(self, count: int, indexes: Sequence[int]) -> None:
+        """Create this member's share of a new recovery store of ``count`` partitions.
+
+        Bytewax creates all partitions of a store at once; the ones this member does not
+        keep are dropped. Each file appears by rename, so a peer listing a shared dir
+        never opens a half-written one.
+        """
+        from bytewax.recovery import init_db_dir
+
+        staging = self.path / f".new-partitions-{os.getpid()}"
+        try:
+            staging.mkdir(exist_ok=True)
+            init_db_dir(staging, count)
+            for index in indexes:
+                os.replace(staging / f"part-{index}.sqlite3", self.path / f"part-{index}.sqlite3")
+        except OSError as exc:
+            raise StateDirError(f"cannot create recovery partitions in {self.path}: "
+                                f"{exc.strerror or exc}") from exc
+        finally:
+            if staging.exists():
+                for leftover in staging.iterdir():
+                    leftover.unlink()
+                staging.rmdir()
 
     @staticmethod
     def _read_runs(ledger: Path) -> dict[int, str]:
@@ -140,11 +196,17 @@ class RecoveryDir:
                                 "each run used: restore it, or start from an empty "
                                 "--recovery-dir") from exc
 
-    def version_clock(self) -> VersionClock:
+    def version_floor(self) -> int:
+        """The highest version lease any run of this dir persisted."""
         floors = []
         for path in self.path.glob("version-floor.*"):
             try:
                 floors.append(int(path.read_text(encoding="utf-8").strip()))
             except (OSError, ValueError):
                 continue  # a torn write is impossible (rename); skip foreign files
-        return VersionClock(self.path / f"version-floor.{self.process_id}", max(floors, default=0))
+        return max(floors, default=0)
+
+    def version_clock(self, cluster_floor: int = 0) -> VersionClock:
+        """This member's clock, above every lease of this dir and of its peers' dirs."""
+        return VersionClock(self.path / f"version-floor.{self.process_id}",
+                            max(self.version_floor(), cluster_floor))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from availability.cli import (
     CommandError,
@@ -21,7 +24,11 @@ from availability.cli.registry_options import (
 )
 from availability_contracts.times import HOUR_MS, MINUTE_MS
 from availability_kafka.config import KafkaConnection
+from dataflows.cluster import EXIT_PEER_LOST
 from dataflows.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from dataflows.runner import Membership
 
 DEFAULTS = EngineSettings.defaults()
 
@@ -46,8 +53,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--recovery-dir", required=True, type=Path,
                         help="Bytewax recovery partitions (created on first run)")
     parser.add_argument("--processes", type=int, default=1,
-                        help="Bytewax processes on this host; the events topic's partition "
-                             "count must be divisible by it")
+                        help="Bytewax processes on this host (the one-host shortcut for a "
+                             "cluster); the events topic's partition count must be "
+                             "divisible by it")
+    cluster = parser.add_argument_group(
+        "members on several hosts",
+        "Run one `availability engine` per member, each with its --process-id and the "
+        "same --addresses. Each member listens on its address's port (Bytewax) and the "
+        "next port (the start-up check: members compare their addresses, rules, topics "
+        "and recovery partitions, and all refuse to start if they differ). Each member's "
+        "--recovery-dir may be its own volume or one shared volume; a fresh cluster "
+        "creates --recovery-partitions partitions spread over the members. A member that "
+        "loses a peer exits with status 3: start every member again and the cluster "
+        "resumes from its recovery snapshots.")
+    cluster.add_argument("--process-id", type=int,
+                         default=_env_int("AVAILABILITY_PROCESS_ID"),
+                         help="this member's position in --addresses, from 0 "
+                              "(default: $AVAILABILITY_PROCESS_ID)")
+    cluster.add_argument("--addresses", default=os.environ.get("AVAILABILITY_ADDRESSES"),
+                         help="every member's host:port, ';'-separated, the same list and "
+                              "order on every member (default: $AVAILABILITY_ADDRESSES)")
+    cluster.add_argument("--recovery-partitions", type=int, default=None,
+                         help="partitions of a new recovery store (default: one per "
+                              "member); fixed once created: give the largest member count "
+                              "the cluster may grow to")
     add_brokers_argument(parser)
     from availability.cli.registry_options import add_registry_arguments
     add_registry_arguments(parser)
@@ -72,9 +101,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="Prometheus /metrics port of process 0 (process i: port + i); "
                              "0 turns it off")
     add_topic_arguments(parser)
-    parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"availability engine: error: ${name} must be a whole number, "
+                         f"not {value!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
@@ -91,13 +130,15 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         max_future_skew_ms=int(args.max_future_skew_minutes * MINUTE_MS),
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        recovery_partitions=args.recovery_partitions,
     )
 
 
 def run(args: argparse.Namespace) -> int:
 
     from availability_domain.rules import RulesError, load_rules
-    from dataflows.runner import ensure_recovery_dir, member_command, run_cluster
+    from dataflows.cluster import ClusterError, ClusterSpec
+    from dataflows.runner import Membership, member_command, run_cluster
     from dataflows.state_dir import RecoveryDir, StateDirError
 
     try:
@@ -108,35 +149,53 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read rules file {args.rules}: {exc}") from exc
     if args.processes < 1:
         raise CommandError("--processes must be at least 1")
+    if args.recovery_partitions is not None and args.recovery_partitions < 1:
+        raise CommandError("--recovery-partitions must be at least 1")
     if args.dedupe_horizon_hours <= 0 or args.lateness_horizon_hours <= 0:
         raise CommandError("horizons must be positive")
     if args.max_future_skew_minutes < 0:
         raise CommandError("--max-future-skew-minutes must be >= 0")
+    spec = None
+    if args.process_id is not None or args.addresses is not None:
+        if args.process_id is None or args.addresses is None:
+            raise CommandError("a cluster member needs both --process-id and --addresses "
+                               "(or $AVAILABILITY_PROCESS_ID and $AVAILABILITY_ADDRESSES)")
+        if args.processes != 1:
+            raise CommandError("--processes starts members on this host; with --process-id "
+                               "and --addresses start each member yourself (not both)")
+        try:
+            spec = ClusterSpec.parse(args.process_id, args.addresses)
+        except ClusterError as exc:
+            raise CommandError(str(exc)) from exc
     settings = settings_from_args(args)
-
-    if args.process_id is not None:
-        return _run_member(settings, args.process_id, args.addresses.split(";"))
+    members = spec.members if spec is not None else args.processes
 
     metadata = reach_kafka(KafkaConnection.of(settings.brokers))
     topic = metadata.topics.get(settings.topics.events)
     if topic is None or topic.error is not None:
         raise CommandError(f"topic {settings.topics.events!r} not found on {args.brokers}; "
                            "run `availability topics create`")
-    if len(topic.partitions) % args.processes:
+    partitions = len(topic.partitions)
+    if partitions % members:
+        what = "members in --addresses" if spec is not None else "--processes"
         raise CommandError(
-            f"{settings.topics.events} has {len(topic.partitions)} partitions, not divisible "
-            f"by --processes {args.processes} (a process with fewer partitions stalls)"
+            f"{settings.topics.events} has {partitions} partitions, not divisible "
+            f"by the {members} {what} (a process with fewer partitions stalls)"
         )
+    if spec is not None and args.supervised:
+        return _run_member(settings, Membership(spec, partitions, supervised=True))
     register_registry_contracts(args, settings.topics, ENGINE_WRITES)
     try:
         RecoveryDir(args.recovery_dir).check_writable()
-        created = ensure_recovery_dir(args.recovery_dir, max(args.processes, 1))
+        fresh = not RecoveryDir(args.recovery_dir).partitions()
     except StateDirError as exc:
         raise CommandError(str(exc)) from exc
-    except OSError as exc:
-        raise CommandError(f"cannot prepare recovery dir {args.recovery_dir}: "
-                           f"{exc.strerror or exc}") from exc
-    print(f"engine: recovery {'created' if created else 'resumed'} at {args.recovery_dir}; "
+    if spec is not None:
+        print(f"engine: member {spec.process_id} of {spec.members}; recovery dir "
+              f"{args.recovery_dir}; reading {settings.topics.events} on {args.brokers}; "
+              f"start-up check on port {spec.check_address(spec.process_id)[1]}", flush=True)
+        return _run_member(settings, Membership(spec, partitions))
+    print(f"engine: recovery {'created' if fresh else 'resumed'} at {args.recovery_dir}; "
           f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}",
           flush=True)
     if args.processes == 1:
@@ -148,29 +207,29 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_member(settings: EngineSettings, process_id: int | None = None,
-                addresses: list[str] | None = None) -> int:
-    from dataflows.runner import run_member
+def _run_member(settings: EngineSettings, membership: Membership | None = None) -> int:
+    from dataflows.cluster import ClusterError
+    from dataflows.runner import PeerLost, run_member
     from dataflows.state_dir import StateDirError
 
     try:
-        run_member(settings, process_id, addresses)
-    except StateDirError as exc:
+        run_member(settings, membership)
+    except PeerLost as exc:
+        print(f"availability engine: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_PEER_LOST
+    except (StateDirError, ClusterError) as exc:
         raise CommandError(str(exc)) from exc
     except KeyboardInterrupt:
         print("engine: aborted", flush=True)
         return 130
     print("engine: stopped cleanly", flush=True)
-    if process_id is None:
+    if membership is None or not membership.supervised:
         _restart_if_reload_requested()
     return 0
 
 
 def _restart_if_reload_requested() -> None:
     """After a SIGHUP reload's clean stop: the same command again, in this process."""
-    import os
-    import sys
-
     from dataflows.runner import RELOAD_REQUESTED, member_command
 
     if RELOAD_REQUESTED.is_set():
@@ -193,5 +252,7 @@ def _member_args(args: argparse.Namespace) -> list[str]:
         "--events-topic", args.events_topic, "--dlq-topic", args.dlq_topic,
         "--positions-topic", args.positions_topic, "--channels-topic", args.channels_topic,
         "--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host,
+        *(["--recovery-partitions", str(args.recovery_partitions)]
+          if args.recovery_partitions else []),
     ]
     return argv + registry_member_args(args)
