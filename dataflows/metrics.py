@@ -85,6 +85,15 @@ def count_events(tally: Tally[tuple[str, str]]) -> None:
         child.inc(count)
 
 
+def member_port(base: int, process_id: int | None, supervised: bool) -> int:
+    """The /metrics port of a member: ``--processes`` members share a host, so member
+    ``i`` serves ``base + i``; a member started with ``--addresses`` has its host (or
+    pod) to itself and serves ``base``, so one probe and one scrape rule fit all."""
+    if not base:
+        return 0
+    return base + (process_id or 0) if supervised else base
+
+
 def serve(port: int, host: str = "127.0.0.1") -> bool:
     """Expose /metrics on ``host:port`` (0: do not serve); loopback unless told otherwise,
     since the numbers and labels are nobody else's business by default.

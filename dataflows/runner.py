@@ -224,7 +224,9 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
         context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
     tune_garbage_collector()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port + (process_id or 0), settings.metrics_host)
+        metrics.serve(metrics.member_port(settings.metrics_port, process_id,
+                                          membership is not None and membership.supervised),
+                      settings.metrics_host)
     os.environ["RUST_BACKTRACE"] = "0"  # a failing step is reported below, by name
     try:
         cli_main(

@@ -28,7 +28,8 @@ class EngineSettings:
     """An event dated further ahead of the engine clock than this is dead-lettered."""
     flow_id: str = "availability"
     metrics_port: int = 9108
-    """Prometheus endpoint of process 0; process i serves on metrics_port + i; 0: off."""
+    """Prometheus endpoint; with ``--processes`` process i serves metrics_port + i (a
+    member started with ``--addresses`` serves metrics_port itself); 0: off."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to (0.0.0.0 for a scraper on another host)."""
     recovery_partitions: int | None = None

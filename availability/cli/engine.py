@@ -98,8 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
                         help="address the metrics endpoint binds to")
     parser.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
-                        help="Prometheus /metrics port of process 0 (process i: port + i); "
-                             "0 turns it off")
+                        help="Prometheus /metrics port; with --processes, process i serves "
+                             "port + i (a member started with --addresses serves the port "
+                             "itself); 0 turns it off")
     add_topic_arguments(parser)
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
