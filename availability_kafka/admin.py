@@ -51,6 +51,9 @@ class TopicOutcome:
     replication_factor: int = 0
     differences: tuple[str, ...] = ()
     """For a topic that existed: how it differs from what would have been created."""
+    min_insync: int | None = None
+    """The topic's min.insync.replicas (its own, else the brokers' default); None when
+    the cluster does not say."""
 
 
 def default_replication_factor(brokers: int) -> int:
@@ -80,6 +83,9 @@ def create_topics(
                 else default_replication_factor(len(cluster.brokers)))
     configs = names.configs(overrides, replicas)
     existing = {name for name in configs if name in cluster.topics}
+    inherited = _cluster_min_insync(admin, cluster, timeout)
+    _check_min_insync({name: config for name, config in configs.items()
+                       if name not in existing}, replicas, inherited)
     missing = [
         NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=config)
         for name, config in configs.items()
@@ -102,7 +108,12 @@ def create_topics(
         shape = metadata[name].partitions
         count, factor = len(shape), _replication(shape)
         differences: list[str] = []
-        if name not in created:
+        if name in created:
+            min_insync = (int(config["min.insync.replicas"]) if "min.insync.replicas" in config
+                          else inherited)
+        else:
+            entry = actual[name].get("min.insync.replicas")
+            min_insync = int(entry.value) if entry is not None and entry.value else None
             if count != partitions:
                 differences.append(f"partitions is {count}, would be {partitions}")
             if factor != replicas:
@@ -112,8 +123,41 @@ def create_topics(
                 if have is None or not _same(have.value, value):
                     shown = "not set" if have is None else f"is {have.value}"
                     differences.append(f"{key} {shown}, would be {value}")
-        outcomes.append(TopicOutcome(name, name in created, count, factor, tuple(differences)))
+        outcomes.append(TopicOutcome(name, name in created, count, factor, tuple(differences),
+                                     min_insync))
     return outcomes
+
+
+def _cluster_min_insync(admin: AdminClient, cluster: Any, timeout: float) -> int | None:
+    """The brokers' default ``min.insync.replicas``, which a topic without its own takes
+    (a 3-broker cluster usually says 2); None when it cannot be read (not allowed)."""
+    broker = next(iter(sorted(cluster.brokers)), None)
+    if broker is None:
+        return None
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
+            timeout)
+        entry = entries.get("min.insync.replicas")
+        return int(entry.value) if entry is not None and entry.value else None
+    except (KafkaException, ValueError, TypeError):
+        return None
+
+
+def _check_min_insync(configs: Mapping[str, Mapping[str, str]], replicas: int,
+                      inherited: int | None) -> None:
+    """Refuse topics that would take a cluster default min.insync.replicas above their
+    replication factor: Kafka creates them, but every acks=all write to them fails."""
+    if inherited is None or inherited <= replicas:
+        return
+    names = [name for name, config in configs.items() if "min.insync.replicas" not in config]
+    if names:
+        raise TopicCreationError(
+            f"nothing created: {', '.join(names)} would take the cluster's default "
+            f"min.insync.replicas={inherited}, more than the replication factor {replicas}, "
+            "so every write with acks=all (the engine's) would fail; choose "
+            f"--replication-factor {inherited} or more, or --config "
+            f"min.insync.replicas={replicas}")
 
 
 def _validate(admin: AdminClient, topics: list[NewTopic], timeout: float) -> None:

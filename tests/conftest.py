@@ -274,3 +274,105 @@ def free_port() -> Callable[[], int]:
 def scrape_metrics() -> Callable[[int], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     """``scrape_metrics(port)``: the samples a Prometheus endpoint serves."""
     return _scrape
+
+
+# a local Kafka cluster -------------------------------------------------------------
+
+
+def _free_cluster_port(nodes: int) -> int:
+    """A port P such that every port of a local cluster of ``nodes`` nodes (node n:
+    P + 10n .. P + 10n + 2) is free, well away from the shared broker (9092-9114)."""
+    import socket
+
+    from availability.local_kafka.broker import NODE_PORT_STRIDE
+
+    span = NODE_PORT_STRIDE * nodes
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + span >= 65535 or 9000 <= port <= 9200:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for node in range(nodes):
+                    for offset in range(3):
+                        stack.enter_context(socket.socket()).bind(
+                            ("127.0.0.1", port + node * NODE_PORT_STRIDE + offset))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free ports for a {nodes}-node cluster")
+
+
+@dataclass
+class LocalCluster:
+    """A local Kafka cluster of the test's own (temporary home, free ports), started by
+    the ``kafka_cluster`` fixture; nodes can be killed and brought back."""
+
+    kafka: object
+    """The :class:`availability.local_kafka.LocalKafka` running it."""
+    bootstrap: str
+    nodes: int
+
+    def pids(self) -> dict[int, int]:
+        """Node index -> pid of every running node."""
+        return self.kafka.node_pids()  # type: ignore[attr-defined]
+
+    def kill(self, node: int) -> int:
+        """SIGKILL node ``node`` (index; its Kafka node.id is node + 1) and wait for it
+        to be gone; returns its pid."""
+        pid = self.pids()[node]
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: node not in self.pids(), 30, f"node {node} (pid {pid}) to die")
+        return pid
+
+    def restart(self, timeout: float = 180.0) -> float:
+        """Start the nodes that are not running and wait until all are registered again;
+        returns the seconds it took."""
+        began = time.monotonic()
+        self.kafka.start(timeout=timeout)  # type: ignore[attr-defined]
+        return time.monotonic() - began
+
+    def view(self, timeout: float = 5.0):  # -> ClusterView | None
+        from availability.local_kafka.broker import cluster_view
+
+        return cluster_view(self.bootstrap, timeout)
+
+
+@pytest.fixture
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-node KRaft cluster (`availability kafka start --nodes 3`) in a temporary home
+    on free ports, with the jars of the default home (already there, or copied once from
+    the Maven cache): nothing is fetched again. No SASL_SSL listener (it is not what
+    these tests are about, and it costs a TLS login per node at start). Stopped after."""
+    from availability.local_kafka.broker import LocalKafka, Settings, ensure_jars
+
+    libs = ensure_jars(Settings.from_env())
+    home = tmp_path_factory.mktemp("kafka-cluster-home")
+    kafka = LocalKafka(Settings(home=home, port=_free_cluster_port(3), heap="384m",
+                                sasl_port=0, nodes=3, libs=libs), progress=print)
+    try:
+        bootstrap = kafka.start(timeout=180)
+        yield LocalCluster(kafka, bootstrap, 3)
+    finally:
+        print(kafka.stop(timeout=30))
+
+
+@pytest.fixture
+def cluster_engine_factory(kafka_cluster: LocalCluster, tmp_path: Path
+                           ) -> Iterator[Callable[..., EngineProcess]]:
+    """As ``engine_factory``, with the engine reading from and writing to ``kafka_cluster``."""
+    started: list[EngineProcess] = []
+
+    def make(topics: TopicNames, rules: Path, processes: int = 1,
+             recovery_dir: Path | None = None, extra: tuple[str, ...] = ()) -> EngineProcess:
+        engine = EngineProcess(kafka_cluster.bootstrap, topics, rules,
+                               recovery_dir or tmp_path / "recovery",
+                               tmp_path / f"cluster-engine-{len(started)}.log", processes, extra)
+        started.append(engine)
+        return engine
+
+    yield make
+    for engine in started:
+        engine.kill()

@@ -46,6 +46,8 @@ configs each topic is created with (docs/operations.md, "Topics"):
 {_listed("dlq", dict(DLQ_CONFIG))}
 {_listed("snapshots", dict(SNAPSHOT_CONFIG))}
   and every topic, when the replication factor is 3 or more: min.insync.replicas=2
+  (with fewer replicas the topics take the cluster's default; one above the
+  replication factor, which would fail every write, is refused)
 
 --config [ROLE:]key=value (repeatable) adds or replaces one of these before creation.
 ROLE is one of {", ".join(ROLE_GROUPS)}
@@ -156,6 +158,9 @@ def run_create(args: argparse.Namespace) -> int:
         chosen = created[0].replication_factor
         note = (f"replication factor {chosen} chosen from the cluster's brokers "
                 "(--replication-factor chooses it)")
+        insync = created[0].min_insync
+        if insync is not None:
+            note += f", min.insync.replicas {insync}"
         if chosen == 1:
             note += "; one replica does not survive the loss of its broker"
         print(note)

@@ -2,14 +2,19 @@
 
 from availability.local_kafka import LocalKafka, Settings
 bootstrap = LocalKafka(Settings.from_env(port=19092)).start()
+cluster = LocalKafka(Settings.from_env(port=29092, nodes=3)).start()  # "h:p0,h:p1,h:p2"
 """
 
 from availability.local_kafka.broker import (
     KAFKA_VERSION,
     BrokerStatus,
+    ClusterStatus,
+    ClusterView,
     LocalKafka,
     LocalKafkaError,
+    Node,
     Settings,
+    cluster_view,
     default_home,
     ensure_jars,
     kafka_answers,
@@ -18,9 +23,13 @@ from availability.local_kafka.broker import (
 __all__ = [
     "KAFKA_VERSION",
     "BrokerStatus",
+    "ClusterStatus",
+    "ClusterView",
     "LocalKafka",
     "LocalKafkaError",
+    "Node",
     "Settings",
+    "cluster_view",
     "default_home",
     "ensure_jars",
     "kafka_answers",

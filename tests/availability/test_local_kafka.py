@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import stat
 import time
@@ -21,8 +22,17 @@ from confluent_kafka.admin import AdminClient
 from availability.cli import CommandError
 from availability.cli import kafka as kafka_cli
 from availability.local_kafka import LocalKafka, LocalKafkaError, Settings, kafka_answers
-from availability.local_kafka.broker import _cluster_id, _read_listeners
+from availability.local_kafka.broker import (
+    KAFKA_VERSION,
+    NODE_PORT_STRIDE,
+    _cluster_id,
+    _read_listeners,
+    ensure_jars,
+    layout_problem,
+)
 from availability.local_kafka.security import SecurityFiles, sasl_login
+from availability_contracts.topics import TopicNames
+from availability_kafka.admin import TopicCreationError, create_topics
 from availability_kafka.config import parse_properties
 
 pytestmark = pytest.mark.kafka
@@ -290,3 +300,200 @@ def test_without_openssl_the_broker_starts_without_the_listener_and_says_why(
     props = kafka.settings.server_properties.read_text()
     assert "SASL_SSL:" not in props and f"# no SASL_SSL listener: {why}\n" in props
     assert kafka._no_listener_reason().startswith(why)
+
+
+# a local cluster (--nodes 3) -----------------------------------------------------------
+
+
+def _free_cluster_port(nodes: int = 3) -> int:
+    """A port P such that node n's ports P + 10n .. P + 10n + 2 are all free."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + NODE_PORT_STRIDE * nodes >= 65535 or 9000 <= port <= 9200:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for node in range(nodes):
+                    for offset in range(3):
+                        stack.enter_context(socket.socket()).bind(
+                            ("127.0.0.1", port + NODE_PORT_STRIDE * node + offset))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free ports for a cluster")
+
+
+def test_cluster_layout_keeps_node_0_as_the_single_broker() -> None:
+    s = Settings(home=Path("/h"), port=19000)
+    single = s.node(0, 1)
+    assert (single.port, single.ctrl_port, single.sasl_port, single.node_id) == (
+        19000, 19001, 19002, 1)
+    assert (single.data_path, single.server_properties, single.pid_file, single.server_log) == (
+        s.data_path, s.server_properties, s.pid_file, s.server_log)
+    nodes = s.layout(3)
+    assert [n.ports for n in nodes] == [[19000, 19001, 19002], [19010, 19011, 19012],
+                                        [19020, 19021, 19022]]
+    assert [n.node_id for n in nodes] == [1, 2, 3]
+    assert [n.data_path for n in nodes] == [Path(f"/h/kafka-cluster-3/node-{i}/data")
+                                           for i in range(3)]
+    assert nodes[2].pid_file == Path("/h/kafka-cluster-3/node-2/kafka.pid")
+    assert nodes[1].server_log == Path("/h/kafka-cluster-3/node-1/logs/server.log")
+    given = Settings(home=Path("/h"), port=19000, data_dir=Path("/d"), sasl_port=0)
+    assert [n.data_path for n in given.layout(2)] == [Path("/d/node-0"), Path("/d/node-1")]
+    assert [n.sasl_port for n in given.layout(2)] == [None, None]
+    assert layout_problem(s, 3) is None
+    assert "overlap" in (layout_problem(Settings(home=Path("/h"), port=19000,
+                                                 controller_port=19010), 3) or "")
+    assert "choose a lower --port" in (layout_problem(Settings(home=Path("/h"), port=65520),
+                                                      3) or "")
+
+
+def test_cli_rejects_bad_cluster_options(tmp_path: Path) -> None:
+    home = str(tmp_path)
+    for nodes in ("0", "10"):
+        with pytest.raises(CommandError, match="--nodes must be 1 to 9"):
+            _cli("status", "--home", home, "--nodes", nodes)
+    with pytest.raises(CommandError, match="the ports of the 3 nodes overlap"):
+        _cli("status", "--home", home, "--port", "19000", "--controller-port", "19010",
+             "--nodes", "3")
+    with pytest.raises(CommandError, match="ports would go up to 65542"):
+        _cli("status", "--home", home, "--port", "65520", "--nodes", "3")
+
+
+def test_a_libs_dir_without_the_jars_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "libs").mkdir()
+    with pytest.raises(LocalKafkaError, match=r"no kafka_2\.13-.*\.jar in the jars dir"):
+        ensure_jars(Settings(home=tmp_path, libs=tmp_path / "libs"))
+
+
+def test_kafka_help_explains_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _cli("start", "--help")
+    out = capsys.readouterr().out
+    assert "--nodes N" in out and "--libs-dir DIR" in out
+    assert "node 1: 9102, 9103, 9104" in out and "min.insync.replicas 2" in out
+
+
+@pytest.mark.slow  # ~1 min: three JVMs; CI runs the slow tests too (.ci/run)
+def test_three_node_cluster_start_status_stop(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kafka start --nodes 3` in a home of its own (the default home's jars), then
+    status, an idempotent start, a lost node brought back, and stop without --nodes."""
+    home, port = str(tmp_path), _free_cluster_port()
+    libs = ensure_jars(Settings.from_env())
+    bootstrap = ",".join(f"127.0.0.1:{port + 10 * n}" for n in range(3))
+    kafka = LocalKafka(Settings(home=tmp_path, port=port))  # nodes: what runs
+    try:
+        began = time.monotonic()
+        assert _cli("start", "--home", home, "--port", str(port), "--nodes", "3",
+                    "--heap", "256m", "--timeout", "180", "--libs-dir", str(libs)) == 0
+        started_s = time.monotonic() - began
+        out = capsys.readouterr().out
+        assert f"3-node cluster ready at {bootstrap}" in out, out
+        assert "brokers 1, 2, 3 registered" in out
+        sasl = ",".join(f"127.0.0.1:{port + 10 * n + 2}" for n in range(3))
+        assert f"SASL_SSL (SCRAM-SHA-512, user availability) ready at {sasl}" in out
+        assert not (tmp_path / f"kafka-{KAFKA_VERSION}").exists()  # the jars were not copied
+        assert kafka.nodes == 3 and kafka.bootstrap == bootstrap
+
+        # every node: its own id, ports, data dir, the 3 voters and the replication
+        ids = set()
+        for n, node in enumerate(kafka.layout()):
+            props = node.server_properties.read_text()
+            assert f"node.id={n + 1}\n" in props
+            assert (f"controller.quorum.voters=1@127.0.0.1:{port + 1},"
+                    f"2@127.0.0.1:{port + 11},3@127.0.0.1:{port + 21}\n") in props
+            assert _read_listeners(node.server_properties) == {
+                "PLAINTEXT": port + 10 * n, "CONTROLLER": port + 10 * n + 1,
+                "SASL_SSL": port + 10 * n + 2}
+            for line in ("offsets.topic.replication.factor=3", "min.insync.replicas=2",
+                         "transaction.state.log.replication.factor=3",
+                         "transaction.state.log.min.isr=2", "default.replication.factor=3"):
+                assert f"\n{line}\n" in props, line
+            assert f"log.dirs={tmp_path}/kafka-cluster-3/node-{n}/data\n" in props
+            meta = (node.data_path / "meta.properties").read_text()
+            ids.add(next(line for line in meta.splitlines() if line.startswith("cluster.id=")))
+        assert len(ids) == 1  # one cluster
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert sorted(b.port for b in admin.list_topics(timeout=10).brokers.values()) == [
+            port, port + 10, port + 20]
+
+        # SASL_SSL on a node other than 0 serves the same user, and lists every broker
+        files = SecurityFiles(tmp_path / "security")
+        secure = AdminClient({**files.client_settings(),
+                              "bootstrap.servers": f"127.0.0.1:{port + 12}"})
+        assert sorted(b.port for b in secure.list_topics(timeout=10).brokers.values()) == [
+            port + 2, port + 12, port + 22]
+
+        # topics on 3 brokers: replication factor 3, min.insync.replicas 2; a replication
+        # factor under the brokers' min.insync.replicas is refused, creating nothing
+        names = TopicNames(events="c.events", dlq="c.dlq", positions="c.positions",
+                           channels="c.channels")
+        with pytest.raises(TopicCreationError, match=r"min\.insync\.replicas=2, more "
+                                                     r"than the replication factor 1"):
+            create_topics(bootstrap, names, partitions=2, replication_factor=1)
+        assert "c.events" not in admin.list_topics(timeout=10).topics
+        outcomes = create_topics(bootstrap, names, partitions=2)
+        assert [(o.created, o.replication_factor, o.min_insync) for o in outcomes] == [
+            (True, 3, 2)] * 4
+
+        # status without --nodes finds the cluster and reports each node
+        assert _cli("status", "--home", home, "--port", str(port)) == 0
+        out = capsys.readouterr().out
+        assert "3-node cluster: 3 of 3 nodes running, 3 of 3 brokers registered (ids 1, 2, 3)" \
+            in out, out
+        assert "0 of " in out and "partitions under-replicated" in out
+        pids = kafka.node_pids()
+        for n in range(3):
+            assert (f"node {n} (id {n + 1}): running, pid {pids[n]}, 127.0.0.1:{port + 10 * n}, "
+                    f"answering; SASL_SSL (SCRAM-SHA-512, user availability) at "
+                    f"127.0.0.1:{port + 10 * n + 2}, answering") in out, out
+
+        # start again (without --nodes): nothing launched; another size is refused
+        began = time.monotonic()
+        assert _cli("start", "--home", home, "--port", str(port)) == 0
+        assert time.monotonic() - began < 15
+        assert "3-node cluster already running" in capsys.readouterr().out
+        assert kafka.node_pids() == pids
+        with pytest.raises(CommandError, match=r"the 3-node cluster of .* runs .*one "
+                                               r"local Kafka per home"):
+            _cli("start", "--home", home, "--port", str(port), "--nodes", "1")
+
+        # a lost node: status says so (exit 3); start brings just that one back
+        os.kill(pids[2], signal.SIGTERM)
+        while kafka.node_pids().get(2) is not None:
+            time.sleep(0.2)
+        assert _cli("status", "--home", home, "--port", str(port)) == kafka_cli.EXIT_NOT_RUNNING
+        out = capsys.readouterr().out
+        assert "2 of 3 nodes running" in out and "node 2 (id 3): not running" in out, out
+        assert _cli("start", "--home", home, "--port", str(port), "--timeout", "180",
+                    "--libs-dir", str(libs)) == 0
+        out = capsys.readouterr().out
+        assert "Started node 2 (id 3)" in out and "Started node 0" not in out, out
+        again = kafka.node_pids()
+        assert again[0] == pids[0] and again[1] == pids[1] and again[2] != pids[2]
+        assert _cli("status", "--home", home, "--port", str(port)) == 0
+        capsys.readouterr()
+
+        # stop without --nodes stops every node
+        began = time.monotonic()
+        assert _cli("stop", "--home", home, "--port", str(port)) == 0
+        stop_s = time.monotonic() - began
+        out = capsys.readouterr().out
+        assert "Kafka 3-node cluster stopped" in out, out
+        assert all(f"node {n} (id {n + 1}) (pid {again[n]}) stopped" in out for n in range(3))
+        for pid in again.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert _cli("status", "--home", home, "--port", str(port)) == kafka_cli.EXIT_NOT_RUNNING
+        out = capsys.readouterr().out
+        assert "Kafka not running" in out and "holds a 3-node cluster, not running" in out, out
+        assert _cli("status", "--home", home, "--port", str(port), "--nodes", "3") == (
+            kafka_cli.EXIT_NOT_RUNNING)
+        assert "Kafka 3-node cluster not running" in capsys.readouterr().out
+        assert _cli("stop", "--home", home, "--port", str(port)) == 0  # twice is fine
+        print(f"3-node cluster: start {started_s:.1f} s, stop {stop_s:.1f} s")
+    finally:
+        LocalKafka(Settings(home=tmp_path, port=port, nodes=3)).stop(timeout=20)
