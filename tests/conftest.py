@@ -123,17 +123,10 @@ def snapshot_tables(brokers: str, codec: Codec
                     ) -> Callable[[TopicNames], tuple[dict[str, tuple[int, ...]], dict[str, int]]]:
     """``snapshot_tables(topics)``: the latest record per key of the two snapshot topics,
     as the reference fold's tables (position quantities, channel ats)."""
-    from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
-    from availability_domain.reference import QUANTITIES
-    from availability_kafka.topic_reader import latest_by_key
+    from tests.read_sides import topic_tables
 
     def read(topics: TopicNames) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-        positions = latest_by_key(brokers, topics.positions,
-                                  lambda b: codec.decode(POSITION_SCHEMA, b), timeout=60)
-        channels = latest_by_key(brokers, topics.channels,
-                                 lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=60)
-        return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
-                {k: v["ats"] for k, v in channels.items()})
+        return topic_tables(brokers, topics, codec)
 
     return read
 

@@ -2,7 +2,7 @@
 
 * :class:`NewestVersionConsumer` keeps, per key, the record with the highest version (as
   every marketplace feed must) and remembers every (topic, key, version) -> value seen;
-* :class:`InProcessApi` runs the real API replica (Kafka consumer, RocksDB, gRPC);
+* :class:`RunningApi` runs the real API replica (Kafka consumer, RocksDB, gRPC);
 * :class:`ChunkedProducer` publishes events in acknowledged chunks over some seconds, so
   events keep arriving while engines die.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from availability_api.client import ApiError, AvailabilityClient
+from availability_api.replica import Replica
 from availability_api.server import ApiServer, ApiSettings
 from availability_contracts.codec import Codec
 from availability_contracts.keys import position_key
@@ -28,7 +29,7 @@ from availability_contracts.topics import TopicNames
 from availability_domain.reference import QUANTITIES
 from availability_domain.rules import Rules
 from availability_kafka.delivery import ConfirmedProducer
-from availability_kafka.topic_reader import watermarks
+from availability_kafka.topic_reader import latest_by_key, watermarks
 
 CHUNK_SECONDS = 0.25
 
@@ -155,18 +156,18 @@ class NewestVersionConsumer(threading.Thread):
             return all(self.next_offsets.get(where, 0) >= end for where, end in ends.items())
 
 
-class InProcessApi:
-    """The real :class:`ApiServer` (replica thread, RocksDB, grpc.aio) on a private event
-    loop thread, as ``RunningApi`` in ``tests/availability_api/conftest.py``."""
+class RunningApi:
+    """An :class:`ApiServer` on a private event loop thread, stopped by the fixture."""
 
     def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
         self.server = ApiServer(settings)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="api-loop",
                                         daemon=True)
         self.running = False
 
-    def start(self) -> InProcessApi:
+    def start(self) -> RunningApi:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
         self.running = True
@@ -176,23 +177,47 @@ class InProcessApi:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
+    @property
+    def replica(self) -> Replica:
+        assert self.server.replica is not None
+        return self.server.replica
+
+    def client(self, **options: Any) -> AvailabilityClient:
+        return AvailabilityClient(self.target, **options)
+
+    def wait_serving(self, timeout: float = 30) -> None:
+        """Until health says SERVING (the replica caught up with the topic ends)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while client.health() != "SERVING":
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"replica not SERVING after {timeout}s")
+                time.sleep(0.05)
+
+    def wait_caught_up(self, timeout: float = 30) -> None:
+        """Until the replica reached the topic ends (no client: works for TLS servers)."""
+        if not self.replica.caught_up.wait(timeout):
+            raise AssertionError(f"replica not caught up after {timeout}s")
+
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
-        replica = self.server.replica
-        assert replica is not None
+        """The replica has stored everything up to ``ends`` (and has no lag)."""
+        replica = self.replica
         if replica.failure is not None:
             raise AssertionError(f"API replica failed: {replica.failure!r}")
         offsets = replica.stored_offsets()
         return replica.lag == 0 and all(offsets.get(where, 0) >= end
                                         for where, end in ends.items())
 
-    def stop(self) -> None:
+    def stop(self, drain: bool = True) -> None:
         if not self.running:
             return
         self.running = False
-        asyncio.run_coroutine_threadsafe(self.server.stop(drain=False), self._loop).result(60)
+        asyncio.run_coroutine_threadsafe(self.server.stop(drain=drain),
+                                         self._loop).result(60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
 
 
 # the write side ---------------------------------------------------------------------
@@ -321,3 +346,15 @@ def snapshot_ends(brokers: str, topics: TopicNames) -> dict[tuple[str, int], int
         consumer.close()
 
 
+
+
+def topic_tables(brokers: str, topics: TopicNames, codec: Codec
+                 ) -> tuple[dict[str, Row], dict[str, int]]:
+    """The latest record per key of the two snapshot topics, as the reference fold's
+    tables (position quantities, channel ats)."""
+    positions = latest_by_key(brokers, topics.positions,
+                              lambda b: codec.decode(POSITION_SCHEMA, b), timeout=60)
+    channels = latest_by_key(brokers, topics.channels,
+                             lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=60)
+    return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
+            {k: v["ats"] for k, v in channels.items()})

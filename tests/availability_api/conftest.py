@@ -7,9 +7,7 @@ at its replica's counters. Kafka fixtures come from ``tests/conftest.py``.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,70 +17,16 @@ from typing import Any
 
 import pytest
 
-from availability_api.client import AvailabilityClient
 from availability_api.credentials import ServerTls
-from availability_api.replica import Replica
-from availability_api.server import ApiServer, ApiSettings
+from availability_api.server import ApiSettings
 from availability_contracts.codec import Codec
 from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
 from availability_contracts.topics import TopicNames
 from availability_kafka.admin import create_topics
 from availability_kafka.delivery import ConfirmedProducer
+from tests.read_sides import RunningApi
 
 NOW = int(time.time() * 1000)
-
-
-class RunningApi:
-    """An :class:`ApiServer` on a private event loop thread, stopped by the fixture."""
-
-    def __init__(self, settings: ApiSettings) -> None:
-        self.settings = settings
-        self.server = ApiServer(settings)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="api-loop",
-                                        daemon=True)
-        self.running = False
-
-    def start(self) -> RunningApi:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
-        self.running = True
-        return self
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    @property
-    def replica(self) -> Replica:
-        assert self.server.replica is not None
-        return self.server.replica
-
-    def client(self, **options: Any) -> AvailabilityClient:
-        return AvailabilityClient(self.target, **options)
-
-    def wait_serving(self, timeout: float = 30) -> None:
-        """Until health says SERVING (the replica caught up with the topic ends)."""
-        deadline = time.monotonic() + timeout
-        with self.client() as client:
-            while client.health() != "SERVING":
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"replica not SERVING after {timeout}s")
-                time.sleep(0.05)
-
-    def wait_caught_up(self, timeout: float = 30) -> None:
-        """Until the replica reached the topic ends (no client: works for TLS servers)."""
-        if not self.replica.caught_up.wait(timeout):
-            raise AssertionError(f"replica not caught up after {timeout}s")
-
-    def stop(self) -> None:
-        if not self.running:
-            return
-        self.running = False
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(60)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 def replica_settings(brokers: str, topics: TopicNames, data_dir: Path,

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,16 +37,14 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from availability.retail_day import Workload
 from availability_api.client import ApiError, AvailabilityClient
 from availability_contracts.codec import Codec
-from availability_contracts.keys import position_key
-from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA
 from availability_contracts.topics import TopicNames
-from availability_domain.reference import QUANTITIES
 from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import Rules, load_rules
 from availability_kafka.admin import create_topics
 from availability_kafka.delivery import ConfirmedProducer
-from availability_kafka.topic_reader import latest_by_key, scan_topic, watermarks
+from availability_kafka.topic_reader import scan_topic, watermarks
 from benchmarks.rules import render_rules
+from tests.read_sides import Row, api_channels, api_positions, table_diff, topic_tables
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -63,7 +60,6 @@ controller fences it and moves the leadership of its partitions."""
 CONVERGE_TIMEOUT = 240.0
 ENGINE_GROUP = "availability-engine.availability"
 
-Row = tuple[Any, ...]
 
 
 def _cli() -> str:
@@ -204,58 +200,16 @@ def pooled_channel(rules: Rules) -> str:
 
 def api_tables(target: str, rules: Rules, skus: list[str], locations: list[str]
                ) -> tuple[dict[str, Row], dict[str, int]]:
-    """ListPositions of every SKU and BatchGet of every SKU on every channel (and
-    eligible location): the replica's two tables as the fold gives them."""
+    """The replica's two tables as the fold gives them (ListPositions of every SKU,
+    BatchGet of every SKU on every channel and eligible location)."""
     with AvailabilityClient(target, timeout=30) as client:
-        def one(sku: str) -> list[tuple[str, Row]]:
-            answer = client.list_positions(sku, timeout=30)
-            return [(position_key(p.sku, p.location_id),
-                     tuple(getattr(p, q) for q in QUANTITIES)) for p in answer.positions]
-
-        with ThreadPoolExecutor(8) as pool:
-            positions = {key: row for rows in pool.map(one, skus) for key, row in rows}
-        channels: dict[str, int] = {}
-        for rule in rules.channels.values():
-            where = ([loc for loc in locations if rules.is_eligible(rule.name, loc)]
-                     if rule.per_location else [""])
-            for location_id in where:
-                try:
-                    answer = client.batch_get(rule.name, skus, location_id, timeout=30)
-                except ApiError as exc:
-                    if exc.code.name == "NOT_FOUND":  # a channel the replica never saw
-                        continue
-                    raise
-                for value in answer.results:
-                    if value.found:
-                        key = "|".join(filter(None, (value.channel, value.sku,
-                                                     value.location_id)))
-                        channels[key] = value.ats
-        return positions, channels
+        return api_positions(client, skus), api_channels(client, rules, skus, locations)[0]
 
 
-def topic_tables(brokers: str, topics: TopicNames, codec: Codec
-                 ) -> tuple[dict[str, Row], dict[str, int]]:
-    positions = latest_by_key(brokers, topics.positions,
-                              lambda b: codec.decode(POSITION_SCHEMA, b), timeout=60)
-    channels = latest_by_key(brokers, topics.channels,
-                             lambda b: codec.decode(CHANNEL_SCHEMA, b), timeout=60)
-    return ({k: tuple(v[q] for q in QUANTITIES) for k, v in positions.items()},
-            {k: v["ats"] for k, v in channels.items()})
-
-
-def diff(name: str, got: dict[str, Any], want: dict[str, Any], shown: int = 5) -> str:
+def diff(name: str, got: dict[str, Any], want: dict[str, Any]) -> str:
     """"" when equal, else a readable summary of the wrong, missing and extra keys."""
-    wrong = sorted(k for k in want if k in got and got[k] != want[k])
-    missing = sorted(k for k in want if k not in got)
-    extra = sorted(k for k in got if k not in want)
-    if not (wrong or missing or extra):
-        return ""
-    lines = [f"{name}: {len(wrong)} different, {len(missing)} missing, {len(extra)} extra "
-             f"of {len(want)} keys"]
-    lines += [f"  {k}: got {got[k]}, fold {want[k]}" for k in wrong[:shown]]
-    lines += [f"  {k}: missing, fold {want[k]}" for k in missing[:shown]]
-    lines += [f"  {k}: got {got[k]}, not in the fold" for k in extra[:shown]]
-    return "\n".join(lines)
+    wrong, text = table_diff(name, got, want)
+    return text if wrong else ""
 
 
 def group_coordinator(brokers: str, group: str) -> int | None:

@@ -39,8 +39,8 @@ from availability_domain.rules import load_rules
 from benchmarks.rules import render_rules
 from tests.read_sides import (
     ChunkedProducer,
-    InProcessApi,
     NewestVersionConsumer,
+    RunningApi,
     api_channels,
     api_positions,
     snapshot_ends,
@@ -263,7 +263,7 @@ def test_members_on_separate_hosts_survive_kill_9_and_grow_from_two_to_three(
             assert member.process.poll() is None, member.log()
         return members
 
-    api = InProcessApi(ApiSettings(data_dir=tmp_path / "replica", brokers=brokers,
+    api = RunningApi(ApiSettings(data_dir=tmp_path / "replica", brokers=brokers,
                                    topics=topics, host="127.0.0.1", port=0,
                                    drain_seconds=0.0, grace_seconds=2.0)).start()
     read_side = NewestVersionConsumer(brokers, topics)
@@ -339,7 +339,7 @@ def test_members_on_separate_hosts_survive_kill_9_and_grow_from_two_to_three(
         for member in members:
             member.kill()
         read_side.stop()
-        api.stop()
+        api.stop(drain=False)
 
 
 def _host_address(namespaces: list[str], index: int) -> str:
@@ -353,7 +353,7 @@ def _host_address(namespaces: list[str], index: int) -> str:
     raise AssertionError(f"no address in {name}: {shown}")
 
 
-def _consumed(read_side: NewestVersionConsumer, api: InProcessApi, brokers: str,
+def _consumed(read_side: NewestVersionConsumer, api: RunningApi, brokers: str,
               topics: TopicNames) -> bool:
     ends = snapshot_ends(brokers, topics)
     return read_side.caught_up(ends) and api.caught_up(ends)

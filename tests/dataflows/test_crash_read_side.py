@@ -43,8 +43,8 @@ from availability_kafka.topic_reader import latest_by_key
 from benchmarks.rules import render_rules
 from tests.read_sides import (
     ChunkedProducer,
-    InProcessApi,
     NewestVersionConsumer,
+    RunningApi,
     Versioned,
     api_channels,
     api_get_sample,
@@ -72,12 +72,12 @@ STABLE_SECONDS = 3.0
 
 
 @pytest.fixture
-def api_replica(brokers: str, topics: TopicNames, tmp_path: Path) -> Iterator[InProcessApi]:
+def api_replica(brokers: str, topics: TopicNames, tmp_path: Path) -> Iterator[RunningApi]:
     settings = ApiSettings(data_dir=tmp_path / "replica", brokers=brokers, topics=topics,
                            host="127.0.0.1", port=0, drain_seconds=0.0, grace_seconds=2.0)
-    api = InProcessApi(settings).start()
+    api = RunningApi(settings).start()
     yield api
-    api.stop()
+    api.stop(drain=False)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def _has_started(engine: Any) -> bool:
 def test_read_sides_equal_the_fold_after_kill_9_under_live_traffic(
         processes: int, brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
         engine_factory: Callable[..., Any], wait_for: Callable[..., Any],
-        api_replica: InProcessApi, read_side: NewestVersionConsumer) -> None:
+        api_replica: RunningApi, read_side: NewestVersionConsumer) -> None:
     rules_path = tmp_path / "rules.toml"
     workload = Workload(skus=SKUS, dcs=3, stores=20, seed=23)
     rules_path.write_text(render_rules(dcs=workload.dcs, stores=workload.stores))
