@@ -57,10 +57,15 @@ starts itself again in the same process (``exec``), which republishes what the n
 change (see docs/semantics.md)."""
 
 
+SIGNALLED = threading.Event()
+"""A stop signal arrived (a stop asked by a cluster peer is not one)."""
+
+
 def _request_stop(signum: int, frame: object) -> None:
     """First signal: let the flow drain and finish its epoch; a second one aborts."""
-    if STOP_REQUESTED.is_set():
+    if SIGNALLED.is_set():
         raise KeyboardInterrupt
+    SIGNALLED.set()
     STOP_REQUESTED.set()
 
 
@@ -210,7 +215,7 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
                                                     context.rules_fingerprint, membership)
         if check is not None:
             def stop_all(signum: int, frame: object) -> None:
-                if not STOP_REQUESTED.is_set():
+                if not SIGNALLED.is_set() and not STOP_REQUESTED.is_set():
                     check.tell_peers_to_stop()
                 _request_stop(signum, frame)
 
@@ -218,10 +223,11 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
                 signal.signal(sig, stop_all)
         run, history = state_dir.record_run(context.rules_fingerprint, run, known)
         context = RunContext(rules, context.rules_fingerprint, run, history,
-                             state_dir.version_clock(floor))
+                             state_dir.version_clock(floor), process_id or 0)
         recovery = RecoveryConfig(str(settings.recovery_dir))
     else:
-        context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
+        context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None),
+                             member=process_id or 0)
     tune_garbage_collector()
     if settings.metrics_port:
         metrics.serve(metrics.member_port(settings.metrics_port, process_id,
