@@ -58,14 +58,24 @@ class ClusterSpec:
         if not entries:
             raise ClusterError("--addresses is empty: give every member's host:port, "
                                "separated by ';', the same list on every member")
+        endpoints = []
         for entry in entries:
             host, _, port = entry.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65535:
                 raise ClusterError(f"--addresses entry {entry!r} is not host:port (port "
                                    "1-65534; the next port is the start-up check's)")
+            if ":" in host and not (host.startswith("[") and host.endswith("]")):
+                raise ClusterError(f"--addresses entry {entry!r}: write an IPv6 address in "
+                                   "brackets, e.g. [fd00::1]:2101")
+            endpoints.append((host.lower(), int(port)))
         duplicates = sorted({entry for entry in entries if entries.count(entry) > 1})
         if duplicates:
             raise ClusterError(f"--addresses names {', '.join(duplicates)} more than once")
+        for host, number in endpoints:
+            if (host, number + CHECK_PORT_OFFSET) in endpoints:
+                raise ClusterError(f"--addresses has {host}:{number} and {host}:{number + 1}: a "
+                                   f"member also listens on its port + 1 (the start-up "
+                                   "check); leave a gap of 2 between members on one host")
         if not 0 <= process_id < len(entries):
             raise ClusterError(f"--process-id {process_id} is not a member of --addresses "
                                f"({len(entries)} members: ids 0-{len(entries) - 1})")
@@ -90,6 +100,17 @@ class PartitionSummary:
     """The newest Bytewax execution (run) recorded in it."""
     epoch: int
     """The epoch its snapshots are committed up to."""
+    file: str = ""
+    """Its file name in the member's recovery dir."""
+
+    @property
+    def pristine(self) -> bool:
+        """Created, never run: nothing is lost by creating it again."""
+        return self.execution == 0 and self.epoch == 0
+
+    def same_data(self, other: PartitionSummary) -> bool:
+        return (self.count, self.execution, self.epoch) == (other.count, other.execution,
+                                                             other.epoch)
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,11 @@ class MemberReport:
     """``--recovery-partitions`` (how many to create on a fresh start)."""
     runs: Mapping[int, str] = field(default_factory=dict)
     version_floor: int = 0
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """Settings that change the numbers or the records (horizons, wire format, the Kafka
+    cluster): members must agree on them."""
+    problems: tuple[str, ...] = ()
+    """What this member found wrong in its own recovery dir."""
     nonce: str = ""
     """Random per start: a peer asking again with another one was restarted."""
     stopping: bool = False
@@ -137,6 +163,8 @@ class MemberReport:
             partitions_wanted=int(data["partitions_wanted"]),
             runs={int(k): str(v) for k, v in data["runs"].items()},
             version_floor=int(data["version_floor"]),
+            settings={str(k): str(v) for k, v in data.get("settings", {}).items()},
+            problems=tuple(str(text) for text in data.get("problems", ())),
             nonce=str(data["nonce"]),
             stopping=bool(data.get("stopping", False)),
         )
@@ -169,10 +197,17 @@ def cluster_problems(reports: Sequence[MemberReport]) -> list[str]:
         if report.topics != first.topics:
             problems.append(f"{_name(report)} uses topics {', '.join(report.topics)}, "
                             f"{_name(first)} {', '.join(first.topics)}")
+        for name in sorted(set(report.settings) | set(first.settings)):
+            if report.settings.get(name) != first.settings.get(name):
+                problems.append(f"{_name(report)} runs with {name} "
+                                f"{report.settings.get(name, '(unset)')}, {_name(first)} "
+                                f"with {first.settings.get(name, '(unset)')}")
         if report.events_partitions != first.events_partitions:
             problems.append(f"{_name(report)} sees {report.events_partitions} partitions "
                             f"of {first.topics[0]}, {_name(first)} "
                             f"{first.events_partitions}: are they on the same Kafka?")
+    for report in reports:
+        problems.extend(f"{_name(report)}: {text}" for text in report.problems)
     members = len(first.addresses)
     if first.events_partitions % members:
         problems.append(f"{first.topics[0]} has {first.events_partitions} partitions, not "
@@ -200,7 +235,8 @@ def _partition_problems(reports: Sequence[MemberReport]) -> list[str]:
                 "every member's --recovery-dir must come from the same cluster"]
     count = counts.pop()
     missing = sorted(set(range(count)) - set(holders))
-    if missing:
+    fresh = all(summary.pristine for held in holders.values() for _, summary in held)
+    if missing and not fresh:
         empty = [f"{_name(r)} at {r.recovery_dir}" for r in reports if not r.partitions]
         where = f"; holding none: {', '.join(empty)}" if empty else ""
         problems.append(
@@ -209,26 +245,32 @@ def _partition_problems(reports: Sequence[MemberReport]) -> list[str]:
             "volume, a member removed without moving its partitions), or start the whole "
             "cluster again from empty recovery dirs and new output topics")
     for index, held in sorted(holders.items()):
-        versions = {summary for _, summary in held}
-        if len(versions) > 1:
-            copies = ", ".join(f"{_name(report)} (execution {summary.execution}, epoch "
-                               f"{summary.epoch})" for report, summary in held)
+        if any(not summary.same_data(held[0][1]) for _, summary in held):
+            copies = ", ".join(f"{_name(report)} ({report.recovery_dir}/{summary.file}: "
+                               f"execution {summary.execution}, epoch {summary.epoch})"
+                               for report, summary in held)
             problems.append(f"recovery partition {index} has different copies on {copies}: "
                             "keep only the newest copy")
     return problems
 
 
 def partitions_to_create(reports: Sequence[MemberReport], process_id: int) -> tuple[int, list[int]]:
-    """On a fresh cluster (no member holds a partition): (count, this member's share).
+    """On a fresh cluster: (partition count, the partitions this member creates).
 
     Member ``i`` creates the partitions ``p`` with ``p % members == i``, so a shared
-    volume and per-host volumes both end up with each partition exactly once.
+    volume and per-host volumes both end up with each partition exactly once. A store
+    that was created but never ran (a first start that failed half-way) is completed
+    the same way; one that ran is never added to.
     """
-    if any(report.partitions for report in reports):
+    held = {index: summary for report in reports
+            for index, summary in report.partitions.items()}
+    if any(not summary.pristine for summary in held.values()):
         return 0, []
-    count = max(report.partitions_wanted for report in reports)
+    count = (next(iter(held.values())).count if held
+             else max(report.partitions_wanted for report in reports))
     members = len(reports)
-    return count, [p for p in range(count) if p % members == process_id]
+    share = [p for p in range(count) if p % members == process_id and p not in held]
+    return (count, share) if share or not held else (0, [])
 
 
 def merged_runs(reports: Sequence[MemberReport]) -> dict[int, str]:
@@ -261,41 +303,56 @@ def _receive(sock: socket.socket, limit: int = 1 << 22) -> bytes:
     return exactly(size)
 
 
+class CheckStopped(ClusterError):
+    """Asked to stop (a signal, or a peer stopping) before the cluster started."""
+
+    code = "stopped"
+
+
 class StartupCheck:
     """This member's side of the start-up check; its listener lives as long as the process.
 
     Every member asks every peer (sends its report, gets the peer's back) and answers
-    every peer that asks. A member has its peers' reports once each one answered.
-    Afterwards the listener stays: a peer asking again with another start ``nonce`` was
-    restarted, and a Bytewax cluster cannot take a member back, so this member exits
-    non-zero too and the whole cluster meets again at the check.
+    every peer that asks; it is through once it has every peer's report and every peer
+    has asked it, so no member leaves a peer waiting. A peer that restarts during the
+    check is asked again. Afterwards the listener stays: a peer asking with another
+    start ``nonce`` was restarted, and a Bytewax cluster cannot take a member back, so
+    this member exits (without answering: the restarted peer waits for its next start)
+    and the whole cluster meets again at the check.
     """
 
     def __init__(self, spec: ClusterSpec, mine: MemberReport,
                  say: Callable[[str], None] | None = None,
                  on_peer_restart: Callable[[str], None] | None = None,
-                 on_peer_stop: Callable[[str], None] | None = None) -> None:
+                 on_peer_stop: Callable[[str], None] | None = None,
+                 stop: threading.Event | None = None, bind_host: str = "") -> None:
         self.spec = spec
         self.mine = mine
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.on_peer_restart = on_peer_restart or _exit_for_restart
         self.on_peer_stop = on_peer_stop or (lambda message: None)
+        self.stop = stop or threading.Event()
         self._nonces: dict[int, str] = {}
+        """Each peer's nonce once the check is through (empty before)."""
+        self._latest: dict[int, MemberReport] = {}
+        """The newest report each peer sent when it asked."""
         self._asked: set[tuple[int, str]] = set()
+        self._impostors: list[str] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        host, port = spec.check_address(spec.process_id)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.socket(family)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port = spec.check_address(spec.process_id)[1]
         try:
-            self._listener.bind(("", port))
+            if not bind_host and socket.has_dualstack_ipv6():
+                self._listener = socket.create_server(("", port), family=socket.AF_INET6,
+                                                      dualstack_ipv6=True,
+                                                      backlog=max(8, spec.members))
+            else:
+                self._listener = socket.create_server((bind_host, port),
+                                                      backlog=max(8, spec.members))
         except OSError as exc:
-            self._listener.close()
             raise ClusterError(f"cannot listen on port {port} for the members' start-up "
                                f"check ({exc.strerror or exc}): each member uses its "
                                "--addresses port and the next one") from None
-        self._listener.listen(max(8, spec.members))
         threading.Thread(target=self._answer, name="cluster-check", daemon=True).start()
 
     def _answer(self) -> None:
@@ -308,24 +365,39 @@ class StartupCheck:
                 conn.settimeout(10)
                 try:
                     theirs = MemberReport.from_bytes(_receive(conn))
-                    _send(conn, self.mine.to_bytes())
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     self.say(f"engine: ignored a connection from {peer[0]} to the start-up "
                              f"check port: {exc}")
                     continue
-            with self._lock:
-                self._asked.add((theirs.process_id, theirs.nonce))
-                known = self._nonces.get(theirs.process_id)
-                self._changed.notify_all()
-            if theirs.stopping and known == theirs.nonce:
-                self.on_peer_stop(f"engine: member {theirs.process_id} is stopping; "
-                                  "stopping with it")
-            elif known is not None and known != theirs.nonce:
+                with self._lock:
+                    known = self._nonces.get(theirs.process_id)
+                if theirs.process_id == self.spec.process_id:
+                    with self._lock:
+                        self._impostors.append(peer[0])
+                        self._changed.notify_all()
+                    self.say(f"engine: {peer[0]} claims --process-id {theirs.process_id}, "
+                             "this member's id: two members were started with one id")
+                    continue
+                if not 0 <= theirs.process_id < self.spec.members:
+                    continue
+                restarted = known is not None and known != theirs.nonce
+                if not restarted:
+                    with contextlib.suppress(OSError):
+                        _send(conn, self.mine.to_bytes())
+            if restarted:
                 self.on_peer_restart(
                     f"engine: member {theirs.process_id} "
                     f"({self.spec.addresses[theirs.process_id]}) started again; a Bytewax "
                     "cluster cannot take a member back, so this member exits and the "
                     "cluster resumes from its recovery snapshots when all are back")
+                continue
+            with self._lock:
+                self._asked.add((theirs.process_id, theirs.nonce))
+                self._latest[theirs.process_id] = theirs
+                self._changed.notify_all()
+            if theirs.stopping:
+                self.on_peer_stop(f"engine: member {theirs.process_id} is stopping; "
+                                  "stopping with it")
 
     def exchange(self, timeout_s: float | None = None) -> list[MemberReport]:
         """Every member's report, ordered by id (waits for peers that are not up yet)."""
@@ -334,22 +406,49 @@ class StartupCheck:
         for peer in range(self.spec.members):
             if peer != self.spec.process_id:
                 reports[peer] = self._ask(peer, deadline)
-        wanted = {(i, report.nonce) for i, report in reports.items()
-                  if i != self.spec.process_id}
+        told = time.monotonic()
+        while True:
+            self._check_abort()
+            with self._lock:
+                restarted = [i for i, theirs in self._latest.items()
+                             if theirs.nonce != reports[i].nonce]
+                waiting = sorted(i for i, report in reports.items()
+                                 if i != self.spec.process_id
+                                 and (i, report.nonce) not in self._asked)
+                if not restarted and not waiting:
+                    self._nonces = {i: report.nonce for i, report in reports.items()}
+                    return [reports[i] for i in sorted(reports)]
+                if not restarted:
+                    self._changed.wait(0.5)
+            for peer in restarted:  # it started again since it answered: ask the new one
+                reports[peer] = self._ask(peer, deadline)
+            self._check_abort()
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise ClusterError(f"members {waiting} did not ask for this member's "
+                                   "start-up check in time")
+            if waiting and now - told >= 10:
+                self.say("engine: waiting for member(s) "
+                         f"{', '.join(f'{i} ({self.spec.addresses[i]})' for i in waiting)} "
+                         "to finish the start-up check")
+                told = now
+
+    def _check_abort(self) -> None:
         with self._lock:
-            # Every peer must have this member's report too before anyone acts on the
-            # verdict: a member that refused and left would leave a peer waiting.
-            while not wanted <= self._asked:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    missing = sorted(i for i, _ in wanted - self._asked)
-                    raise ClusterError(f"members {missing} did not ask for this member's "
-                                       "start-up check in time")
-                self._changed.wait(1.0 if left is None else min(1.0, left))
-            self._nonces = {i: report.nonce for i, report in reports.items()}
-        return [reports[i] for i in sorted(reports)]
+            impostor = self._impostors[0] if self._impostors else None
+        if impostor is not None:
+            self.close()
+            raise ClusterError(f"another process at {impostor} was started with "
+                               f"--process-id {self.spec.process_id}: each member needs "
+                               "its own id")
+        if self.stop.is_set():
+            self.close()
+            raise CheckStopped("stopped during the start-up check, before the cluster "
+                               "started")
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
 
     def tell_peers_to_stop(self) -> None:
@@ -374,6 +473,7 @@ class StartupCheck:
         address = self.spec.addresses[peer]
         started = told = time.monotonic()
         while True:
+            self._check_abort()
             try:
                 with socket.create_connection((host, port), timeout=5) as conn:
                     conn.settimeout(30)

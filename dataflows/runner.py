@@ -26,6 +26,7 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
 
+from availability_contracts.times import HOUR_MS, MINUTE_MS
 from availability_domain.rules import RulesError, load_rules
 from dataflows import metrics
 from dataflows.cluster import (
@@ -116,6 +117,8 @@ class Membership:
 
     spec: ClusterSpec
     events_partitions: int
+    kafka_cluster: str = ""
+    """The Kafka cluster id the member sees (members must read the same Kafka)."""
     supervised: bool = False
     """Started by ``--processes``: the parent handles SIGHUP and restarts."""
     check_timeout_s: float | None = None
@@ -123,20 +126,30 @@ class Membership:
 
 
 def _member_report(settings: EngineSettings, state_dir: RecoveryDir, rules_fingerprint: str,
-                   addresses: tuple[str, ...], events_partitions: int,
+                   addresses: tuple[str, ...], membership: Membership | None,
                    recovery_partitions: int) -> MemberReport:
     topics = settings.topics
+    partitions, problems = state_dir.scan_partitions()
     return MemberReport(
         process_id=state_dir.process_id,
         addresses=addresses,
         recovery_dir=str(state_dir.path),
         rules_fingerprint=rules_fingerprint,
         topics=(topics.events, topics.dlq, topics.positions, topics.channels),
-        events_partitions=events_partitions,
-        partitions=state_dir.partitions(),
+        events_partitions=membership.events_partitions if membership else 0,
+        partitions=partitions,
         partitions_wanted=recovery_partitions,
         runs=state_dir.runs(),
         version_floor=state_dir.version_floor(),
+        settings={
+            "--dedupe-horizon-hours": f"{settings.dedupe_horizon_ms / HOUR_MS:g}",
+            "--lateness-horizon-hours": f"{settings.lateness_horizon_ms / HOUR_MS:g}",
+            "--max-future-skew-minutes": f"{settings.max_future_skew_ms / MINUTE_MS:g}",
+            "--recovery-partitions": str(settings.recovery_partitions or "one per member"),
+            "the wire format": "schema registry" if settings.schema_registry else "plain Avro",
+            "the Kafka cluster (id)": membership.kafka_cluster if membership else "",
+        },
+        problems=tuple(problems),
         nonce=secrets.token_hex(8),
     )
 
@@ -152,16 +165,16 @@ def prepare_recovery(settings: EngineSettings, state_dir: RecoveryDir, rules_fin
     the check's listener (it stays, to hear of a peer that restarts or stops).
     """
     if membership is None:
-        mine = _member_report(settings, state_dir, rules_fingerprint, ("this process",), 0,
+        mine = _member_report(settings, state_dir, rules_fingerprint, ("this process",), None,
                               settings.recovery_partitions or 1)
         reports = [mine]
         check = None
     else:
         spec = membership.spec
         mine = _member_report(settings, state_dir, rules_fingerprint, spec.addresses,
-                              membership.events_partitions,
-                              settings.recovery_partitions or spec.members)
-        check = StartupCheck(spec, mine, on_peer_stop=_stop_with_peer)
+                              membership, settings.recovery_partitions or spec.members)
+        check = StartupCheck(spec, mine, on_peer_stop=_stop_with_peer, stop=STOP_REQUESTED,
+                             bind_host="127.0.0.1" if membership.supervised else "")
         reports = check.exchange(membership.check_timeout_s)
     problems = cluster_problems(reports)
     if problems:
@@ -207,6 +220,10 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
     else:
         signal.signal(signal.SIGHUP, _refuse_member_reload)
     process_id = membership.spec.process_id if membership is not None else None
+    if settings.metrics_port:  # before the check: a member waiting for its peers is alive
+        metrics.serve(metrics.member_port(settings.metrics_port, process_id,
+                                          membership is not None and membership.supervised),
+                      settings.metrics_host)
     recovery = None
     if settings.recovery_dir is not None:
         state_dir = RecoveryDir(settings.recovery_dir, process_id or 0)
@@ -223,16 +240,11 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
                 signal.signal(sig, stop_all)
         run, history = state_dir.record_run(context.rules_fingerprint, run, known)
         context = RunContext(rules, context.rules_fingerprint, run, history,
-                             state_dir.version_clock(floor), process_id or 0)
+                             state_dir.version_clock(floor))
         recovery = RecoveryConfig(str(settings.recovery_dir))
     else:
-        context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None),
-                             member=process_id or 0)
+        context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))
     tune_garbage_collector()
-    if settings.metrics_port:
-        metrics.serve(metrics.member_port(settings.metrics_port, process_id,
-                                          membership is not None and membership.supervised),
-                      settings.metrics_host)
     os.environ["RUST_BACKTRACE"] = "0"  # a failing step is reported below, by name
     try:
         cli_main(

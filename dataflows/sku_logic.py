@@ -52,8 +52,6 @@ class RunContext:
     history: Mapping[int, str] = field(default_factory=dict)
     """Run number -> fingerprint of the rules that run started with."""
     next_version: NextVersion = count_versions
-    member: int = 0
-    """This process's id in a cluster (0 alone)."""
 
 
 def republish_mode(published_under: str | None, snapshot_run: int, context: RunContext

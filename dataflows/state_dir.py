@@ -16,7 +16,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -115,7 +118,7 @@ class RecoveryDir:
         except OSError as exc:
             raise StateDirError(f"cannot create recovery dir {self.path}: "
                                 f"{exc.strerror or exc}") from exc
-        probe = self.path / f".probe-{os.getpid()}"
+        probe = self.path / f".probe-{self.process_id}-{secrets.token_hex(4)}"
         _write_atomically(probe, "ok\n")
         probe.unlink(missing_ok=True)
 
@@ -145,20 +148,36 @@ class RecoveryDir:
 
     def partitions(self) -> dict[int, PartitionSummary]:
         """The Bytewax recovery partitions in this dir, as each file describes itself."""
+        return self.scan_partitions()[0]
+
+    def scan_partitions(self) -> tuple[dict[int, PartitionSummary], list[str]]:
+        """The partitions, and what is wrong with the files (reported, not raised, so
+        that every member of a cluster refuses alike).
+
+        Bytewax takes every ``*.sqlite3`` file of the dir as a partition, whatever its
+        name, so a stale copy under another name would be a second candidate.
+        """
         found: dict[int, PartitionSummary] = {}
-        for part in sorted(self.path.glob("part-*.sqlite3")):
+        problems: list[str] = []
+        for part in sorted(self.path.glob("*.sqlite3")):
             try:
                 with closing(sqlite3.connect(part, timeout=30)) as db:
                     rows = db.execute("SELECT part_index, part_count FROM parts").fetchall()
                     execution = db.execute("SELECT MAX(ex_num) FROM exs").fetchone()[0]
                     epochs = dict(db.execute("SELECT part_index, commit_epoch FROM commits"))
             except sqlite3.Error as exc:
-                raise StateDirError(f"recovery partition {part} is unreadable ({exc}): "
-                                    "restore it from a backup") from exc
+                problems.append(f"recovery partition {part} cannot be read ({exc})")
+                continue
             for index, count in rows:
-                found[int(index)] = PartitionSummary(int(count), int(execution or 0),
-                                                     int(epochs.get(index, 0)))
-        return found
+                summary = PartitionSummary(int(count), int(execution or 0),
+                                           int(epochs.get(index, 0)), part.name)
+                other = found.get(int(index))
+                if other is not None:
+                    problems.append(f"{self.path} holds recovery partition {index} twice "
+                                    f"({other.file} and {part.name}): Bytewax would take "
+                                    "either; remove the stale one")
+                found[int(index)] = summary
+        return found, problems
 
     def create_partitions(self, count: int, indexes: Sequence[int]) -> None:
         """Create this member's share of a new recovery store of ``count`` partitions.
@@ -169,9 +188,13 @@ class RecoveryDir:
         """
         from bytewax.recovery import init_db_dir
 
-        staging = self.path / f".new-partitions-{os.getpid()}"
         try:
-            staging.mkdir(exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".new-partitions-{self.process_id}-",
+                                            dir=self.path))
+        except OSError as exc:
+            raise StateDirError(f"cannot create recovery partitions in {self.path}: "
+                                f"{exc.strerror or exc}") from exc
+        try:
             init_db_dir(staging, count)
             for index in indexes:
                 os.replace(staging / f"part-{index}.sqlite3", self.path / f"part-{index}.sqlite3")
@@ -179,10 +202,7 @@ class RecoveryDir:
             raise StateDirError(f"cannot create recovery partitions in {self.path}: "
                                 f"{exc.strerror or exc}") from exc
         finally:
-            if staging.exists():
-                for leftover in staging.iterdir():
-                    leftover.unlink()
-                staging.rmdir()
+            shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
     def _read_runs(ledger: Path) -> dict[int, str]:

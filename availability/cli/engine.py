@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "loses a peer exits with status 3: start every member again and the cluster "
         "resumes from its recovery snapshots.")
     cluster.add_argument("--process-id", type=int,
-                         default=_env_int("AVAILABILITY_PROCESS_ID"),
+                         default=os.environ.get("AVAILABILITY_PROCESS_ID") or None,
                          help="this member's position in --addresses, from 0 "
                               "(default: $AVAILABILITY_PROCESS_ID)")
     cluster.add_argument("--addresses", default=os.environ.get("AVAILABILITY_ADDRESSES"),
@@ -104,17 +104,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_topic_arguments(parser)
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"availability engine: error: ${name} must be a whole number, "
-                         f"not {value!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
@@ -183,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
             f"{settings.topics.events} has {partitions} partitions, not divisible "
             f"by the {members} {what} (a process with fewer partitions stalls)"
         )
+    kafka_cluster = str(getattr(metadata, "cluster_id", "") or "")
     if spec is not None and args.supervised:
-        return _run_member(settings, Membership(spec, partitions, supervised=True))
+        return _run_member(settings, Membership(spec, partitions, kafka_cluster,
+                                                supervised=True))
     register_registry_contracts(args, settings.topics, ENGINE_WRITES)
     try:
         RecoveryDir(args.recovery_dir).check_writable()
@@ -195,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine: member {spec.process_id} of {spec.members}; recovery dir "
               f"{args.recovery_dir}; reading {settings.topics.events} on {args.brokers}; "
               f"start-up check on port {spec.check_address(spec.process_id)[1]}", flush=True)
-        return _run_member(settings, Membership(spec, partitions))
+        return _run_member(settings, Membership(spec, partitions, kafka_cluster))
     print(f"engine: recovery {'created' if fresh else 'resumed'} at {args.recovery_dir}; "
           f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}",
           flush=True)
@@ -209,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_member(settings: EngineSettings, membership: Membership | None = None) -> int:
-    from dataflows.cluster import ClusterError
+    from dataflows.cluster import CheckStopped, ClusterError
     from dataflows.runner import PeerLost, run_member
     from dataflows.state_dir import StateDirError
 
@@ -218,6 +209,9 @@ def _run_member(settings: EngineSettings, membership: Membership | None = None) 
     except PeerLost as exc:
         print(f"availability engine: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_PEER_LOST
+    except CheckStopped as exc:
+        print(f"engine: {exc}", flush=True)
+        return 0
     except (StateDirError, ClusterError) as exc:
         raise CommandError(str(exc)) from exc
     except KeyboardInterrupt:

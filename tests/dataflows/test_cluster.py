@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from dataflows.cluster import (
     CONFLICT,
+    CheckStopped,
     ClusterError,
     ClusterSpec,
     MemberReport,
@@ -49,6 +51,8 @@ def held(*indexes: int, count: int = 2, execution: int = 3, epoch: int = 40
     (0, "host-a:65535", "not host:port"),
     (0, "a:1;a:1", "more than once"),
     (2, "a:1;b:1", "not a member"),
+    (0, "::1:2101", "in brackets"),
+    (0, "a:2101;a:2102", "leave a gap of 2"),
     (-1, "a:1", "not a member"),
 ])
 def test_bad_addresses_are_refused_saying_why(process_id: int, addresses: str, complaint: str
@@ -92,6 +96,31 @@ def test_members_that_differ_are_refused_naming_the_difference(theirs: dict[str,
     assert "member 1 (10.0.0." in problems[0]
 
 
+def test_bracketed_ipv6_addresses_parse() -> None:
+    assert ClusterSpec.parse(0, "[::1]:2101;[::1]:2103").check_address(1) == ("::1", 2104)
+
+
+def test_settings_that_change_the_numbers_must_agree() -> None:
+    problems = cluster_problems([
+        report(0, settings={"--dedupe-horizon-hours": "168"}),
+        report(1, settings={"--dedupe-horizon-hours": "24"})])
+    assert problems == ["member 1 (10.0.0.2:2101) runs with --dedupe-horizon-hours 24, "
+                        "member 0 (10.0.0.1:2101) with 168"]
+
+
+def test_a_members_own_recovery_problems_stop_the_whole_cluster() -> None:
+    problems = cluster_problems([report(0), report(1, problems=("partition 1 twice",))])
+    assert problems == ["member 1 (10.0.0.2:2101): partition 1 twice"]
+
+
+def test_a_store_that_never_ran_is_completed_instead_of_refused() -> None:
+    pristine = {0: PartitionSummary(2, 0, 0)}
+    reports = [report(0, pristine), report(1)]
+    assert cluster_problems(reports) == []
+    assert partitions_to_create(reports, 1) == (2, [1])
+    assert partitions_to_create(reports, 0) == (0, [])
+
+
 def test_two_members_with_one_id_are_refused() -> None:
     problems = cluster_problems([report(0), report(0)])
     assert any("own --process-id" in problem for problem in problems)
@@ -114,6 +143,17 @@ def test_a_wiped_volume_is_named_instead_of_silently_starting_empty() -> None:
 def test_partitions_of_two_recovery_stores_are_refused() -> None:
     problems = cluster_problems([report(0, held(0, count=2)), report(1, held(1, count=3))])
     assert "different recovery stores" in problems[0]
+
+
+def test_a_stale_second_file_of_a_partition_is_reported(tmp_path: Path) -> None:
+    state_dir = RecoveryDir(tmp_path, 0)
+    state_dir.check_writable()
+    state_dir.create_partitions(2, [0, 1])
+    (tmp_path / "part-1.sqlite3").rename(tmp_path / "part-1-old.sqlite3")
+    state_dir.create_partitions(2, [1])
+    partitions, problems = state_dir.scan_partitions()
+    assert sorted(partitions) == [0, 1]
+    assert problems and "partition 1 twice" in problems[0] and "part-1-old.sqlite3" in problems[0]
 
 
 def test_diverging_copies_of_a_partition_are_refused() -> None:
@@ -175,16 +215,64 @@ def test_members_exchange_reports_and_a_restarted_peer_is_noticed() -> None:
         junk.sendall(b"GET / HTTP/1.0\r\n\r\n")  # a stray client is ignored
     again = StartupCheck(_local_spec(1, [ports[0], _free_pair()]),
                          report(1, nonce="restarted"), say=lambda _: None)
-    try:
-        again._ask(0, time.monotonic() + 10)
+    try:  # the running member does not answer a restarted peer: it leaves instead
+        with pytest.raises(ClusterError, match="did not answer"):
+            again._ask(0, time.monotonic() + 2)
     finally:
         again.close()
-    deadline = time.monotonic() + 10
-    while not restarts and time.monotonic() < deadline:
-        time.sleep(0.05)
     for check in checks:
         check.close()
     assert restarts and "member 1" in restarts[0] and "started again" in restarts[0]
+
+
+def test_a_peer_restarted_during_the_check_is_asked_again() -> None:
+    ports = [_free_pair(), _free_pair()]
+    addresses = tuple(f"127.0.0.1:{port}" for port in ports)
+    first = StartupCheck(_local_spec(0, ports), report(0, addresses=addresses),
+                         say=lambda _: None)
+    gone = StartupCheck(_local_spec(1, ports), report(1, addresses=addresses, nonce="old"),
+                        say=lambda _: None)
+    got: dict[str, list[MemberReport]] = {}
+    member0 = threading.Thread(target=lambda: got.update(zero=first.exchange(timeout_s=30)))
+    member0.start()
+    deadline = time.monotonic() + 10
+    while not gone._asked and time.monotonic() < deadline:  # member 0 asked the old one
+        time.sleep(0.02)
+    gone.close()  # ... which dies before asking member 0; a new one starts
+    back = StartupCheck(_local_spec(1, ports), report(1, addresses=addresses, nonce="new"),
+                        say=lambda _: None)
+    got["one"] = back.exchange(timeout_s=30)
+    member0.join(30)
+    first.close()
+    back.close()
+    assert [r.nonce for r in got["zero"]] == ["n0", "new"]
+    assert [r.nonce for r in got["one"]] == ["n0", "new"]
+
+
+def test_a_stop_during_the_check_ends_it_at_once() -> None:
+    stop = threading.Event()
+    check = StartupCheck(_local_spec(1, [_free_pair(), _free_pair()]), report(1),
+                         say=lambda _: None, stop=stop)
+    threading.Timer(0.3, stop.set).start()
+    began = time.monotonic()
+    with pytest.raises(CheckStopped):
+        check.exchange()
+    assert time.monotonic() - began < 5
+
+
+def test_two_members_with_one_id_are_named() -> None:
+    ports = [_free_pair(), _free_pair()]
+    check = StartupCheck(_local_spec(1, ports), report(1), say=lambda _: None)
+    impostor = StartupCheck(_local_spec(0, [ports[0] + 10, ports[1]]), report(1),
+                            say=lambda _: None)
+    try:
+        with contextlib.suppress(ClusterError):
+            impostor._ask(1, time.monotonic() + 1)  # claims id 1 to member 1
+        with pytest.raises(ClusterError, match="was started with --process-id 1"):
+            check.exchange(timeout_s=2)
+    finally:
+        check.close()
+        impostor.close()
 
 
 def test_an_absent_peer_is_named_after_the_timeout() -> None:
@@ -204,7 +292,8 @@ def test_each_member_creates_its_share_and_reads_it_back(tmp_path: Path) -> None
     first.create_partitions(3, [0, 2])
     second.create_partitions(3, [1])
     assert sorted(first.partitions()) == [0, 2]
-    assert second.partitions() == {1: PartitionSummary(count=3, execution=0, epoch=0)}
+    assert second.partitions() == {1: PartitionSummary(count=3, execution=0, epoch=0,
+                                                       file="part-1.sqlite3")}
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".new")]
 
 
