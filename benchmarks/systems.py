@@ -22,11 +22,20 @@ from availability_contracts.topics import TopicNames
 
 ENGINE_1 = "engine-1p"
 ENGINE_2 = "engine-2p"
+RELEASE_1 = "release-1p"
+RELEASE_2 = "release-2p"
 LOOP = "loop"
 QUIX = "quix"
-ALL_SYSTEMS = (ENGINE_1, ENGINE_2, LOOP, QUIX)
+ALL_SYSTEMS = (RELEASE_1, RELEASE_2, ENGINE_1, ENGINE_2, LOOP, QUIX)
+
+RELEASE_COMMIT = "a393a11a5de4d1a73bdfe5f179e1d6c2ae979205"
+"""v0.1, the engine before the performance work: the baseline the goals are relative to,
+run from a git worktree of that commit with this venv's packages."""
+REPO = Path(__file__).resolve().parents[1]
 
 LABELS = {
+    RELEASE_1: "previous release (v0.1), 1 process",
+    RELEASE_2: "previous release (v0.1), 2 processes",
     ENGINE_1: "availability engine, 1 process",
     ENGINE_2: "availability engine, 2 processes",
     LOOP: "hand-written confluent-kafka loop (baseline)",
@@ -75,8 +84,8 @@ def argv_for(name: str, brokers: str, topics: TopicNames, rules: Path, work: Pat
     common = ["--brokers", brokers, "--rules", str(rules), "--events-topic", topics.events,
               "--dlq-topic", topics.dlq, "--positions-topic", topics.positions,
               "--channels-topic", topics.channels]
-    if name in (ENGINE_1, ENGINE_2):
-        processes = "1" if name == ENGINE_1 else "2"
+    if name in (ENGINE_1, ENGINE_2, RELEASE_1, RELEASE_2):
+        processes = "1" if name in (ENGINE_1, RELEASE_1) else "2"
         argv = [sys.executable, "-m", "availability", "engine", *common,
                 "--recovery-dir", str(work / "recovery"), "--processes", processes]
         if epoch_interval is not None:
@@ -103,11 +112,30 @@ def start(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path |
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}.log"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cwd = None
+    if name in (RELEASE_1, RELEASE_2):
+        cwd = release_checkout()
+        env["PYTHONPATH"] = str(cwd)  # its packages shadow this checkout's
     log = log_path.open("ab")
     launched = time.time()
     process = subprocess.Popen(argv_for(name, brokers, topics, rules, work, epoch_interval,
                                         group),
-                               stdout=log, stderr=subprocess.STDOUT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                start_new_session=True)
     log.close()
     return Running(name, process, log_path, launched, work, owns_work)
+
+
+def release_checkout(commit: str = RELEASE_COMMIT) -> Path:
+    """A worktree of the previous release (made once, git-ignored), to run it side by side."""
+    path = REPO / "benchmarks" / f".release-{commit[:12]}"
+    if not (path / "availability").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False,
+                       capture_output=True)
+        made = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach",
+                               str(path), commit], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"cannot check out the previous release {commit[:12]} into "
+                               f"{path}: {made.stderr.strip()} (a shallow clone lacks it: "
+                               "`git fetch --unshallow`, or leave release-* out of --systems)")
+    return path
