@@ -81,7 +81,8 @@ def test_drain_smoke(brokers: str, tmp_path: Path) -> None:
     assert main(["drain", "--smoke", "--brokers", brokers, "--out", str(tmp_path)]) == 0
     data = check_results(tmp_path, "drain", charts=1)
     runs = data["data"]["runs"]
-    assert [run["system"] for run in runs] == ["engine-1p", "engine-2p", "loop", "quix"]
+    assert [run["system"] for run in runs] == ["release-1p", "release-2p", "engine-1p",
+                                               "engine-2p", "loop", "quix"]
     for run in runs:
         assert run["drained"] and not run["mismatches"], run
 
