@@ -198,12 +198,18 @@ class EngineProcess:
 
 @pytest.fixture
 def engine_factory(brokers: str, tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
+    yield from _engines(brokers, tmp_path, "engine")
+
+
+def _engines(brokers: str, tmp_path: Path, name: str) -> Iterator[Callable[..., EngineProcess]]:
+    """``make(topics, rules, ...)`` -> an engine on ``brokers`` (started by the caller);
+    every engine made is killed at the end of the test."""
     started: list[EngineProcess] = []
 
     def make(topics: TopicNames, rules: Path, processes: int = 1,
              recovery_dir: Path | None = None, extra: tuple[str, ...] = ()) -> EngineProcess:
         engine = EngineProcess(brokers, topics, rules, recovery_dir or tmp_path / "recovery",
-                               tmp_path / f"engine-{len(started)}.log", processes, extra)
+                               tmp_path / f"{name}-{len(started)}.log", processes, extra)
         started.append(engine)
         return engine
 
@@ -298,6 +304,12 @@ def _free_cluster_port(nodes: int) -> int:
     raise RuntimeError(f"no free ports for a {nodes}-node cluster")
 
 
+@pytest.fixture
+def free_cluster_port() -> Callable[[int], int]:
+    """``free_cluster_port(nodes)``: a base port whose whole local-cluster port range is free."""
+    return _free_cluster_port
+
+
 @dataclass
 class LocalCluster:
     """A local Kafka cluster of the test's own (temporary home, free ports), started by
@@ -356,16 +368,4 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 def cluster_engine_factory(kafka_cluster: LocalCluster, tmp_path: Path
                            ) -> Iterator[Callable[..., EngineProcess]]:
     """As ``engine_factory``, with the engine reading from and writing to ``kafka_cluster``."""
-    started: list[EngineProcess] = []
-
-    def make(topics: TopicNames, rules: Path, processes: int = 1,
-             recovery_dir: Path | None = None, extra: tuple[str, ...] = ()) -> EngineProcess:
-        engine = EngineProcess(kafka_cluster.bootstrap, topics, rules,
-                               recovery_dir or tmp_path / "recovery",
-                               tmp_path / f"cluster-engine-{len(started)}.log", processes, extra)
-        started.append(engine)
-        return engine
-
-    yield make
-    for engine in started:
-        engine.kill()
+    yield from _engines(kafka_cluster.bootstrap, tmp_path, "cluster-engine")

@@ -225,10 +225,11 @@ class RunningApi:
 
 class ChunkedProducer(threading.Thread):
     """Publishes pre-encoded events in chunks spread over ``seconds``, each chunk
-    acknowledged before the next, so events keep arriving while the engine dies."""
+    acknowledged (idempotent, acks=all) before the next, so events keep arriving while
+    an engine or a broker dies; ``slowest_confirm`` is the longest wait for an ack."""
 
     def __init__(self, brokers: str, topic: str, payloads: list[tuple[bytes, str]],
-                 seconds: float) -> None:
+                 seconds: float, confirm_timeout: float = 60.0) -> None:
         super().__init__(name="event-producer", daemon=True)
         self.brokers = brokers
         self.topic = topic
@@ -236,7 +237,9 @@ class ChunkedProducer(threading.Thread):
         chunks = max(1, round(seconds / CHUNK_SECONDS))
         size = -(-len(payloads) // chunks)
         self.chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
+        self.confirm_timeout = confirm_timeout
         self.published = 0
+        self.slowest_confirm = 0.0
         self.failure: BaseException | None = None
         self.finished_at = 0.0
         self.done = threading.Event()
@@ -252,7 +255,9 @@ class ChunkedProducer(threading.Thread):
             for index, chunk in enumerate(self.chunks):
                 for value, key in chunk:
                     producer.produce(self.topic, value, key)
-                producer.confirm(60)
+                began = time.monotonic()
+                producer.confirm(self.confirm_timeout)
+                self.slowest_confirm = max(self.slowest_confirm, time.monotonic() - began)
                 self.published += len(chunk)
                 pause = start + (index + 1) * CHUNK_SECONDS - time.monotonic()
                 if pause > 0:

@@ -13,7 +13,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from availability.cli import kafka as kafka_cli
 from availability.local_kafka import LocalKafka, LocalKafkaError, Settings, kafka_answers
 from availability.local_kafka.broker import (
     KAFKA_VERSION,
-    NODE_PORT_STRIDE,
     _cluster_id,
     _read_listeners,
     ensure_jars,
@@ -305,26 +304,6 @@ def test_without_openssl_the_broker_starts_without_the_listener_and_says_why(
 # a local cluster (--nodes 3) -----------------------------------------------------------
 
 
-def _free_cluster_port(nodes: int = 3) -> int:
-    """A port P such that node n's ports P + 10n .. P + 10n + 2 are all free."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + NODE_PORT_STRIDE * nodes >= 65535 or 9000 <= port <= 9200:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for node in range(nodes):
-                    for offset in range(3):
-                        stack.enter_context(socket.socket()).bind(
-                            ("127.0.0.1", port + NODE_PORT_STRIDE * node + offset))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free ports for a cluster")
-
-
 def test_cluster_layout_keeps_node_0_as_the_single_broker() -> None:
     s = Settings(home=Path("/h"), port=19000)
     single = s.node(0, 1)
@@ -378,10 +357,11 @@ def test_kafka_help_explains_the_cluster(capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.slow  # ~1 min: three JVMs; CI runs the slow tests too (.ci/run)
 def test_three_node_cluster_start_status_stop(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        free_cluster_port: Callable[[int], int]) -> None:
     """`kafka start --nodes 3` in a home of its own (the default home's jars), then
     status, an idempotent start, a lost node brought back, and stop without --nodes."""
-    home, port = str(tmp_path), _free_cluster_port()
+    home, port = str(tmp_path), free_cluster_port(3)
     libs = ensure_jars(Settings.from_env())
     bootstrap = ",".join(f"127.0.0.1:{port + 10 * n}" for n in range(3))
     kafka = LocalKafka(Settings(home=tmp_path, port=port))  # nodes: what runs

@@ -41,10 +41,16 @@ from availability_contracts.topics import TopicNames
 from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import Rules, load_rules
 from availability_kafka.admin import create_topics
-from availability_kafka.delivery import ConfirmedProducer
 from availability_kafka.topic_reader import scan_topic, watermarks
 from benchmarks.rules import render_rules
-from tests.read_sides import Row, api_channels, api_positions, table_diff, topic_tables
+from tests.read_sides import (
+    ChunkedProducer,
+    Row,
+    api_channels,
+    api_positions,
+    table_diff,
+    topic_tables,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -52,7 +58,6 @@ REPO = Path(__file__).resolve().parents[2]
 SKUS = 400
 EVENTS = 24_000
 PRODUCE_SECONDS = 40.0
-CHUNK_SECONDS = 0.25
 KILL_AT_PROGRESS = 0.30
 DOWN_SECONDS = 15.0
 """How long the broker stays dead: past ``broker.session.timeout.ms`` (9 s), so the
@@ -104,51 +109,6 @@ class ApiProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-class SteadyProducer(threading.Thread):
-    """Publishes pre-encoded events in chunks spread over ``seconds``, each chunk
-    acknowledged (idempotent, acks=all) before the next, so events keep arriving while
-    the broker is down."""
-
-    def __init__(self, brokers: str, topic: str, payloads: list[tuple[bytes, str]],
-                 seconds: float) -> None:
-        super().__init__(name="event-producer", daemon=True)
-        self.brokers = brokers
-        self.topic = topic
-        self.total = len(payloads)
-        chunks = max(1, round(seconds / CHUNK_SECONDS))
-        size = -(-len(payloads) // chunks)
-        self.chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
-        self.published = 0
-        self.slowest_confirm = 0.0
-        self.failure: BaseException | None = None
-        self.finished_at = 0.0
-        self.done = threading.Event()
-
-    @property
-    def progress(self) -> float:
-        return self.published / self.total
-
-    def run(self) -> None:
-        try:
-            producer = ConfirmedProducer(self.brokers)
-            start = time.monotonic()
-            for index, chunk in enumerate(self.chunks):
-                for value, key in chunk:
-                    producer.produce(self.topic, value, key)
-                began = time.monotonic()
-                producer.confirm(120)
-                self.slowest_confirm = max(self.slowest_confirm, time.monotonic() - began)
-                self.published += len(chunk)
-                pause = start + (index + 1) * CHUNK_SECONDS - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-        except BaseException as exc:
-            self.failure = exc
-        finally:
-            self.finished_at = time.monotonic()
-            self.done.set()
 
 
 @dataclass
@@ -309,7 +269,8 @@ def test_broker_loss_loses_nothing_and_the_engine_and_api_keep_going(
                      tmp_path / "api.log").start()
     probe: ApiProbe | None = None
     problems: list[str] = []
-    producer = SteadyProducer(brokers, topics.events, payloads, PRODUCE_SECONDS)
+    producer = ChunkedProducer(brokers, topics.events, payloads, PRODUCE_SECONDS,
+                               confirm_timeout=120)
 
     def alive(where: str) -> None:
         assert engine.process.poll() is None, (
