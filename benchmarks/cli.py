@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     drain.add_argument("--events", type=int, help="backlog size (default 2,000,000)")
     drain.add_argument("--skus", type=int, help="SKUs (default 100,000)")
     drain.add_argument("--systems", type=_names,
-                       help="comma list of engine-1p,engine-2p,loop,quix (default: all)")
+                       help="comma list of release-1p,release-2p (the previous release), "
+                            "engine-1p,engine-2p,loop,quix (default: all)")
 
     fresh = sub.add_parser("freshness", parents=[common],
                            help="produce-to-snapshot latency at steady rates and a burst",
@@ -67,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fresh.add_argument("--seconds", type=float, help="seconds per level (default 15)")
     fresh.add_argument("--burst-base", type=int, help="base rate of the 10x burst (default 5000)")
     fresh.add_argument("--systems", type=_names,
-                       help="comma list of engine-1p,engine-2p,loop,quix "
-                            "(default: engine-1p,loop,quix)")
+                       help="comma list of release-1p,release-2p (the previous release), "
+                            "engine-1p,engine-2p,loop,quix (default: engine-1p,loop,quix)")
 
     grpc_ = sub.add_parser("grpc", parents=[common], help="gRPC Get latency and BatchGet rate",
                            description=_doc("benchmarks.grpc_load"))
