@@ -14,12 +14,10 @@ import argparse
 import base64
 import fnmatch
 import json
-import os
 import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,9 +27,8 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from availability.cli import build_parser
 from availability_contracts.topics import ConfigOverride, TopicNames
-from dataflows.metrics import member_port
+from tests.cli_commands import parse_in_container, served_metrics_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -213,14 +210,6 @@ def mount_at(service: dict[str, Any], path: str | Path) -> Mount | None:
     return best
 
 
-def _walk_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                yield from _walk_parsers(child)
-
-
 def parse_command(name: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
     """The service's command as the CLI inside its container parses it: with the
     container's $AVAILABILITY_* variables and none of this machine's."""
@@ -228,26 +217,7 @@ def parse_command(name: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namesp
     command = service.get("command")
     assert isinstance(command, list), f"{name}: command must be an exec-form list"
     assert all(isinstance(arg, str) for arg in command), f"{name}: quote every argument"
-    for key in [key for key in os.environ if key.startswith("AVAILABILITY_")]:
-        monkeypatch.delenv(key)
-    for key, value in environment(service).items():
-        if key.startswith("AVAILABILITY_"):
-            monkeypatch.setenv(key, value)
-    parser = build_parser()
-    options = {opt for p in _walk_parsers(parser) for a in p._actions for opt in a.option_strings}
-    for arg in command:
-        if arg.startswith("--"):
-            flag = arg.split("=", 1)[0]
-            assert flag in options, f"{name}: {flag} is not a full option of the CLI"
-    try:
-        return parser.parse_args(command)
-    except SystemExit as exc:
-        pytest.fail(f"{name}: `availability {' '.join(command)}` is rejected (exit {exc.code})")
-
-
-def served_metrics_port(args: argparse.Namespace) -> int:
-    """The port an `availability engine` member serves /metrics on."""
-    return member_port(int(args.metrics_port), args.process_id, args.supervised)
+    return parse_in_container(name, command, environment(service), monkeypatch)
 
 
 def depends_on(name: str) -> dict[str, str]:

@@ -13,11 +13,9 @@ kubectl is installed.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,8 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from availability.cli import build_parser
-from dataflows.metrics import member_port
+from tests.cli_commands import parse_in_container, served_metrics_port
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "kubernetes"
@@ -186,14 +183,6 @@ def pod_environment(workload: dict[str, Any], ordinal: int = 0) -> dict[str, str
     return env
 
 
-def _walk_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                yield from _walk_parsers(child)
-
-
 def parse_pod_command(workload: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                       ordinal: int = 0) -> argparse.Namespace:
     """The container's `availability` command line as the CLI in pod ``ordinal`` parses
@@ -203,25 +192,8 @@ def parse_pod_command(workload: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
     args = container["args"]
     assert all(isinstance(arg, str) for arg in args), "quote every argument"
     assert not any("$(" in arg for arg in args), "no $(VAR) expansion: give env defaults"
-    for key in [key for key in os.environ if key.startswith("AVAILABILITY_")]:
-        monkeypatch.delenv(key)
-    for key, value in pod_environment(workload, ordinal).items():
-        if key.startswith("AVAILABILITY_"):
-            monkeypatch.setenv(key, value)
-    parser = build_parser()
-    options = {opt for p in _walk_parsers(parser) for a in p._actions for opt in a.option_strings}
-    for arg in args:
-        if arg.startswith("--"):
-            assert arg.split("=", 1)[0] in options, f"{arg} is not a full option of the CLI"
-    try:
-        return parser.parse_args(args)
-    except SystemExit as exc:
-        pytest.fail(f"`availability {' '.join(args)}` is rejected (exit {exc.code})")
-
-
-def served_metrics_port(args: argparse.Namespace) -> int:
-    """The port an `availability engine` member serves /metrics on."""
-    return member_port(int(args.metrics_port), args.process_id, args.supervised)
+    return parse_in_container(workload["metadata"]["name"], args,
+                              pod_environment(workload, ordinal), monkeypatch)
 
 
 @dataclass(frozen=True)
