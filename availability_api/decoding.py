@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from availability_api.metrics import WrappedHandlers
+
 Deserializer = Callable[[bytes], Any]
 REASON_LIMIT = 200
 
@@ -25,6 +27,7 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, prefix: str = "/availability.") -> None:
         self.prefix = prefix
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -36,6 +39,11 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
         if (handler is None or handler.request_deserializer is None
                 or not method.startswith(self.prefix)):
             return handler
+        return self._wrapped.get(method, handler, self._wrap)
+
+    @staticmethod
+    def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        assert handler.request_deserializer is not None
         decode = _decoder(method.rsplit("/", 1)[-1], handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

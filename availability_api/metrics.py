@@ -68,6 +68,9 @@ def _code(context: grpc.aio.ServicerContext, outcome: BaseException | None) -> s
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -76,7 +79,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith("/availability."):
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return self._wrapped.get(handler_call_details.method, handler, self._wrap)
+
+    @staticmethod
+    def _wrap(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _timed_unary(method, handler.unary_unary),
@@ -88,6 +95,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
+
+
+class WrappedHandlers:
+    """An interceptor's wrapped handler per method, made once: grpc asks the
+    interceptors for every call, and wrapping anew would cost each call a few closures
+    and a metric label lookup."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler,
+            wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+            ) -> grpc.RpcMethodHandler:
+        made = self._made.get(method)
+        if made is None or made[0] is not handler:
+            made = self._made[method] = (handler, wrap(method, handler))
+        return made[1]
 
 
 def _timed_unary(method: str, inner: Callable[..., Awaitable[Any]]

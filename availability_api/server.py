@@ -78,7 +78,12 @@ class ApiServer:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self.store = ReplicaStore(settings.data_dir, settings.topics.positions,
-                                  settings.topics.channels)
+                                  settings.topics.channels,
+                                  channels_in_memory=settings.channels_in_memory)
+        held = self.store.channels_in_memory
+        if held is not None:
+            log.info("%s channel answers in memory (%.1f MB of keys and frames)",
+                     f"{held[0]:,}", held[1] / 1e6)
         try:
             self.feed = ChangeFeed(loop)
             self.replica = Replica(self.store, settings.brokers, settings.topics,

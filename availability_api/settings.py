@@ -38,6 +38,9 @@ class ApiSettings:
     """Prometheus /metrics port; 0: off (the CLI's default is :data:`METRICS_PORT`)."""
     metrics_host: str = "127.0.0.1"
     """Address of the /metrics port: loopback unless told otherwise."""
+    channels_in_memory: bool = True
+    """Keep every channel answer in memory as well as in RocksDB, for Get and BatchGet
+    (see :mod:`availability_api.store`); off when they do not fit in RAM."""
     sse_keepalive_seconds: float = 15.0
     """An HTTP stream without changes for this long gets a comment line, so proxies keep
     it open and a client that went away is noticed."""

@@ -24,6 +24,14 @@ process dies (kill -9 included), so a stale file never blocks a restart, and two
 stores opened by one process conflict too (RocksDB's own ``LOCK`` would refuse the
 second one only with a raw IO error).
 
+Channel answers (what Get and BatchGet read) are also kept in a dict, loaded when the
+store opens and updated after each batch is written: a RocksDB point read through
+rocksdict costs ~5-8 us here, a dict lookup ~0.3 us, and BatchGet reads up to 1,000
+keys per call. RocksDB stays the durable copy (a restart needs no replay); a catalogue
+whose channel answers do not fit in memory turns the dict off
+(``channels_in_memory=False``, ``--no-channels-in-memory``). Positions are read by
+prefix from RocksDB only.
+
 Every failure to use the data dir (in use, not writable, disk full) is a
 :class:`StoreError` whose text names the path: one line for the operator.
 """
@@ -144,9 +152,12 @@ def _claim(path: Path) -> int:
 class ReplicaStore:
     """Point and prefix reads for the servicer, atomic batch writes for the replica."""
 
-    def __init__(self, path: Path, positions_topic: str, channels_topic: str) -> None:
+    def __init__(self, path: Path, positions_topic: str, channels_topic: str, *,
+                 channels_in_memory: bool = True) -> None:
         self.path = path
         self._lock: int | None = _claim(path)
+        self._channels: dict[str, bytes] | None = None
+        """Every channel frame by key, when kept in memory (see the module docstring)."""
         try:
             self._db: Any = self._rocks("open", lambda: Rdict(str(path), _options()))
             source = f"{positions_topic}{KEY_DELIMITER}{channels_topic}".encode()
@@ -160,6 +171,8 @@ class ReplicaStore:
                     f"{source.decode()!r}; use another --data-dir for other topics"
                 )
             self.replica_id: str = self._replica_id()
+            if channels_in_memory:
+                self._channels = self._rocks("read", self._load_channels)
         except BaseException:
             self._release()
             raise
@@ -176,6 +189,17 @@ class ReplicaStore:
             self._db.close()
             raise
         return made
+
+    def _load_channels(self) -> dict[str, bytes]:
+        return {key[1:].decode(): value for key, value in self._prefixed(CHANNEL)}
+
+    @property
+    def channels_in_memory(self) -> tuple[int, int] | None:
+        """(keys, bytes of keys and frames) of the channel answers held in memory."""
+        if self._channels is None:
+            return None
+        return len(self._channels), sum(len(key) + len(frame)
+                                        for key, frame in self._channels.items())
 
     def _rocks(self, action: str, call: Callable[[], T]) -> T:
         """``call()``; RocksDB's failures (a bare Exception) as a StoreError naming the dir."""
@@ -218,10 +242,15 @@ class ReplicaStore:
         return {key[1:].decode(): value == PER_LOCATION for key, value in self._prefixed(KIND)}
 
     def channel_frame(self, key: str) -> bytes | None:
+        if self._channels is not None:
+            return self._channels.get(key)
         return self._db.get(CHANNEL + key.encode())
 
     def channel_frames(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Frames of many channel keys in one multi-get, in order; None where absent."""
+        """Frames of many channel keys, in order; None where absent."""
+        if self._channels is not None:
+            get = self._channels.get
+            return [get(key) for key in keys]
         return self._db.get([CHANNEL + key.encode() for key in keys])
 
     def position_frames_by_key(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -249,3 +278,10 @@ class ReplicaStore:
         for (topic, partition), offset in changes.offsets.items():
             batch.put(OFFSET + f"{topic}{KEY_DELIMITER}{partition}".encode(), _OFFSET.pack(offset))
         self._rocks("write to", lambda: self._db.write(batch))
+        memory = self._channels
+        if memory is not None and changes.channels:
+            memory.update({key: frame for key, frame in changes.channels.items()
+                           if frame is not None})
+            for key, frame in changes.channels.items():
+                if frame is None:
+                    memory.pop(key, None)

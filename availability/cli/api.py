@@ -72,6 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "index); 0 turns it off")
     parser.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
                         help="address of the /metrics port (0.0.0.0: every interface)")
+    parser.add_argument("--channels-in-memory", action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS.channels_in_memory,
+                        help="keep every channel answer in memory as well as in RocksDB, "
+                             "so Get and BatchGet read a dict (many times faster per key); "
+                             "the start-up log gives its size. Turn it off when the "
+                             "channel answers do not fit in RAM")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                         help="on shutdown, seconds answered as NOT_SERVING (/readyz 503) "
                              "before stopping")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
         http_port=args.http_port or None, http_host=getattr(args, "http_host", None),
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        channels_in_memory=args.channels_in_memory,
     )
     try:
         return asyncio.run(_serve(ApiServer(settings)))

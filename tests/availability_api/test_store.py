@@ -80,3 +80,27 @@ def test_a_second_server_on_a_data_dir_in_use_refuses_to_start(
     assert second.port == 0  # refused before it listened
     with running.client() as client:
         assert client.get("web", "SKU-1").availability.ats == 5
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "rocksdb-only"])
+def test_channel_reads_follow_every_write_and_survive_a_reopen(tmp_path: Path,
+                                                               in_memory: bool) -> None:
+    """Get/BatchGet read the in-memory copy when it is on: it must hold exactly what
+    RocksDB holds, after puts, overwrites, deletes and a reopen."""
+    from availability_api.store import StoreChanges
+
+    store = ReplicaStore(tmp_path, "p", "c", channels_in_memory=in_memory)
+    store.write(StoreChanges(channels={"web|A": b"a1", "web|B": b"b1", "web|C": b"c1"},
+                             offsets={("c", 0): 3}))
+    store.write(StoreChanges(channels={"web|A": b"a2", "web|B": None}, offsets={("c", 0): 5}))
+    assert store.channel_frames(["web|A", "web|B", "web|C", "web|D"]) == [b"a2", None, b"c1",
+                                                                        None]
+    assert store.channel_frame("web|A") == b"a2"
+    assert store.channels_in_memory == ((2, len("web|A") + 2 + len("web|C") + 2)
+                                        if in_memory else None)
+    store.close()
+    for reopened_in_memory in (True, False):
+        reopened = ReplicaStore(tmp_path, "p", "c", channels_in_memory=reopened_in_memory)
+        assert reopened.channel_frames(["web|A", "web|B", "web|C"]) == [b"a2", None, b"c1"]
+        assert reopened.offsets() == {("c", 0): 5}
+        reopened.close()
