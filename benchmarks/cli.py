@@ -21,7 +21,9 @@ from pathlib import Path
 from availability_kafka.config import ENV_VAR
 from benchmarks.report import OtherCpu, ScenarioResult, results_dir
 
-SCENARIOS = ("drain", "freshness", "grpc", "recovery")
+SCENARIOS = ("drain", "freshness", "grpc", "recovery", "checkpoint")
+IN_PROCESS = frozenset({"checkpoint"})
+"""Scenarios that need no broker."""
 
 
 def _floats(text: str) -> list[float]:
@@ -85,7 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recovery.add_argument("--downtime", type=float, help="seconds between kill and restart "
                                                          "(default 5)")
 
-    sub.add_parser("all", parents=[common], help="the four scenarios, one results folder")
+    checkpoint = sub.add_parser("checkpoint", parents=[common],
+                                help="recovery checkpoint bytes and pause by history",
+                                description=_doc("benchmarks.checkpoint"))
+    checkpoint.add_argument("--history", type=_ints,
+                            help="events of history to measure at (default "
+                                 "1000000,2000000,5000000,10000000)")
+    checkpoint.add_argument("--window", type=int,
+                            help="events whose changes one checkpoint writes (default 50,000)")
+
+    sub.add_parser("all", parents=[common], help="every scenario, one results folder")
 
 
 _DESCRIPTIONS = {
@@ -108,6 +119,10 @@ _DESCRIPTIONS = {
         "1M positions (50k SKUs x 20 locations, via COUNTs), live traffic, SIGKILL of the "
         "engine, restart: seconds until every event published before the restart is "
         "reflected in the output; compared with a cold replay by the hand loop."),
+    "benchmarks.checkpoint": (
+        "In process, no broker: the engine's per-SKU recovery state folded over 1M to 10M "
+        "retail events; at each point one checkpoint of the same window of changes (keys, "
+        "bytes written, pause) and the memory per position and per remembered event id."),
 }
 
 
@@ -132,7 +147,8 @@ def _options(args: argparse.Namespace, scenario: str) -> tuple[Callable[..., Sce
     options = module.SMOKE if args.smoke else options_class()
     overrides = {name: getattr(args, name) for name in ("events", "skus", "systems", "rates",
                                                          "seconds", "burst_base", "concurrency",
-                                                         "locations", "downtime")
+                                                         "locations", "downtime", "history",
+                                                         "window")
                  if getattr(args, name, None) is not None}
     known = {f.name for f in dataclasses.fields(options)}
     options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if k in known})
@@ -140,11 +156,11 @@ def _options(args: argparse.Namespace, scenario: str) -> tuple[Callable[..., Sce
 
 
 @contextlib.contextmanager
-def kafka(brokers: str, log: Callable[[str], None]) -> Iterator[str]:
+def kafka(brokers: str, log: Callable[[str], None], needed: bool = True) -> Iterator[str]:
     """The broker at ``brokers``, or a local one started now and stopped after."""
     from availability.local_kafka.broker import LocalKafka, Settings, kafka_answers
 
-    if kafka_answers(brokers, timeout=3.0):
+    if not needed or kafka_answers(brokers, timeout=3.0):
         yield brokers
         return
     log(f"no Kafka at {brokers}: starting the local broker for this run")
@@ -169,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ[ENV_VAR] = str(args.kafka_config.resolve())
     previous = _interruptible()
     try:
-        with kafka(args.brokers, log) as brokers:
+        with kafka(args.brokers, log, needed=not IN_PROCESS.issuperset(scenarios)) as brokers:
             for scenario in scenarios:
                 run_scenario, options = _options(args, scenario)
                 with OtherCpu() as others:

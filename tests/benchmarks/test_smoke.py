@@ -109,3 +109,15 @@ def test_recovery_smoke(brokers: str, tmp_path: Path) -> None:
     data = check_results(tmp_path, "recovery", charts=1)
     assert data["data"]["catch_up_s"] is not None
     assert data["data"]["never_reflected"] == 0
+
+
+def test_checkpoint_smoke(tmp_path: Path) -> None:
+    """In process, no broker; the engine's real per-SKU state is what gets pickled."""
+    assert main(["checkpoint", "--smoke", "--out", str(tmp_path)]) == 0
+    data = check_results(tmp_path, "checkpoint", charts=1)
+    points = data["data"]["points"]
+    assert [p["history"] for p in points] == [2_000, 6_000]
+    for point in points:
+        assert 0 < point["keys"] <= 1_000 and point["bytes"] > point["keys"] * 50
+        assert point["positions"] > 0 and point["remembered_ids"] >= point["history"] * 0.9
+        assert point["bytes_per_position"] > 0 and point["bytes_per_remembered_id"] > 0
