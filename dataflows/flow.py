@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import pickle
 from functools import partial
 
 import bytewax.operators as op
@@ -31,7 +30,7 @@ from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecord, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
 from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
 from dataflows.settings import EngineSettings
-from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, SkuState, now_ms
+from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, StoredState, now_ms
 
 Decoded = tuple[str, tuple[InventoryEvent, SourceRecord]] | OutgoingRecord
 
@@ -110,9 +109,8 @@ def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[Pos
 
 def build_logic(settings: EngineSettings, context: RunContext, codec: Codec,
                 resume: bytes | None) -> SkuAvailabilityLogic:
-    state: SkuState | None = pickle.loads(resume) if resume is not None else None
     return SkuAvailabilityLogic(
-        state,
+        StoredState.parse(resume) if resume is not None else None,
         partial(SkuInventory, dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 lateness_horizon_ms=settings.lateness_horizon_ms),
         context,

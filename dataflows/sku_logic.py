@@ -9,12 +9,13 @@ and every channel pooling over the SKU's locations sit in one place.
 from __future__ import annotations
 
 import pickle
+import struct
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -101,6 +102,59 @@ class SkuState:
         self.inventory, self.publisher, self.published_under, self.snapshot_run = state  # type: ignore[assignment]
 
 
+SNAPSHOT_MAGIC = b"SKU\x02"
+"""Starts every recovery snapshot of this format; one written by 0.1 is a bare pickle."""
+_HEADER = struct.Struct(">qqH")
+_UNKNOWN_RULES = 0xFFFF
+
+
+def dump_state(state: SkuState) -> bytes:
+    """A SKU's recovery snapshot: a small header, then the pickled state.
+
+    The header holds what a restored SKU needs before its next event (its next expiry,
+    which run took the snapshot, under which rules it published), so a restart does not
+    unpickle the SKUs no event touches: Bytewax builds every restored key's logic and
+    asks it :meth:`~SkuAvailabilityLogic.notify_at` at once, and unpickling a million
+    positions took most of a restart.
+    """
+    expiry = state.inventory.next_expiry()
+    rules = b"" if state.published_under is None else state.published_under.encode()
+    header = _HEADER.pack(-1 if expiry is None else expiry, state.snapshot_run,
+                          _UNKNOWN_RULES if state.published_under is None else len(rules))
+    return b"".join((SNAPSHOT_MAGIC, header, rules,
+                     pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)))
+
+
+class StoredState(NamedTuple):
+    """A restored snapshot's header, its state still pickled (see :func:`dump_state`)."""
+
+    published_under: str | None
+    snapshot_run: int
+    next_expiry: int | None
+    snapshot: bytes
+    state_at: int
+    """Offset of the pickled state in ``snapshot``."""
+
+    @classmethod
+    def parse(cls, snapshot: bytes) -> StoredState | SkuState | None:
+        """The header of a snapshot of this format; an older one is unpickled at once."""
+        if not snapshot.startswith(SNAPSHOT_MAGIC):
+            state: SkuState | None = pickle.loads(snapshot)
+            return state
+        at = len(SNAPSHOT_MAGIC)
+        expiry, run, length = _HEADER.unpack_from(snapshot, at)
+        at += _HEADER.size
+        rules = None
+        if length != _UNKNOWN_RULES:
+            rules = snapshot[at:at + length].decode()
+            at += length
+        return cls(rules, run, None if expiry < 0 else expiry, snapshot, at)
+
+    def load(self) -> SkuState:
+        state: SkuState = pickle.loads(memoryview(self.snapshot)[self.state_at:])
+        return state
+
+
 class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord],
                                               OutgoingRecord, bytes]):
     """One SKU's fold and publishing.
@@ -113,9 +167,11 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
     :meth:`notify_at`, without waiting for an event.
     """
 
-    def __init__(self, state: SkuState | None, new_inventory: InventoryFactory,
+    def __init__(self, state: SkuState | StoredState | None, new_inventory: InventoryFactory,
                  context: RunContext, encode: Encoder, reject: Rejector) -> None:
-        self._state = state
+        self._stored = state if isinstance(state, StoredState) else None
+        """A restored snapshot not unpickled yet: it is on the first event or timer."""
+        self._state = state if isinstance(state, SkuState) else None
         self.new_inventory = new_inventory
         self.context = context
         self.rules = context.rules
@@ -126,11 +182,18 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
         if state is not None:
             self._pending = republish_mode(state.published_under, state.snapshot_run, context)
 
+    def _loaded(self) -> SkuState | None:
+        if self._stored is not None:
+            self._state = self._stored.load()
+            self._stored = None
+        return self._state
+
     def on_batch(self, values: list[tuple[InventoryEvent, SourceRecord]]
                  ) -> tuple[Iterable[OutgoingRecord], bool]:
-        if self._state is None:
+        if self._loaded() is None:
             self._state = SkuState(self.new_inventory(values[0][0].sku), SnapshotPublisher(),
                                    self.context.rules_fingerprint)
+        assert self._state is not None
         inventory = self._state.inventory
         now = now_ms()
         touched: set[str] = set()
@@ -150,28 +213,36 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
         return self._publish(touched, now, oldest) + rejected, self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[OutgoingRecord], bool]:
-        if self._state is None:
+        state = self._loaded()
+        if state is None:
             return [], self.RETAIN
         now = now_ms()
         if self._pending != "none":
             return self._republish(now, -1, self._pending == "everything"), self.RETAIN
-        touched = self._state.inventory.expire(now)
+        touched = state.inventory.expire(now)
         return self._publish(set(touched), now, -1), self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self._state is None:
+        if self._stored is None and self._state is None:
             return None
         if self._pending != "none":
             return datetime.now(tz=UTC)
-        expiry = self._state.inventory.next_expiry()
+        if self._stored is not None:
+            expiry = self._stored.next_expiry
+        else:
+            assert self._state is not None
+            expiry = self._state.inventory.next_expiry()
         if expiry is None:
             return None
         return datetime.fromtimestamp(expiry / 1000, tz=UTC)
 
     def snapshot(self) -> bytes:
-        if self._state is not None:
-            self._state.snapshot_run = self.context.run
-        return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._stored is not None:  # untouched since the restore: nothing changed
+            return self._stored.snapshot
+        if self._state is None:
+            return pickle.dumps(None)
+        self._state.snapshot_run = self.context.run
+        return dump_state(self._state)
 
     def _publish(self, touched: set[str], now: int, origin_ms: int) -> list[OutgoingRecord]:
         if not touched or self._state is None:
