@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from availability_contracts.times import DAY_MS, duration, iso_ms
+from availability_domain.dedupe import RememberedIds
 from availability_domain.events import EventType, InventoryEvent
 from availability_domain.position import Position
 from availability_domain.rules import Rules
@@ -78,13 +79,17 @@ class SkuInventory:
     lateness_horizon_ms: int = DEFAULT_LATENESS_HORIZON_MS
     positions: dict[str, Position] = field(default_factory=dict)
     watermark: int | None = None
-    seen: dict[str, int] = field(default_factory=dict)
+    seen: RememberedIds = field(default_factory=RememberedIds)
     """Applied event_id -> occurred_at, pruned past the dedupe horizon."""
     _settle_due: int | None = None
     _prune_due: int | None = None
     _housekeeping_due: int | None = None
     _next_expiry: int | None = None
     _next_expiry_stale: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seen, RememberedIds):  # a snapshot from before the chunks
+            self.seen = RememberedIds(self.seen)
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return SkuInventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
@@ -140,7 +145,7 @@ class SkuInventory:
         else:
             touched = (location_id,)
 
-        self.seen[event.event_id] = occurred_at
+        self.seen.add(event.event_id, occurred_at)
         if watermark is None or occurred_at > watermark:
             self.watermark = occurred_at
             due = self._housekeeping_due
@@ -219,11 +224,7 @@ class SkuInventory:
         dedupe_step = max(1, self.dedupe_horizon_ms // HOUSEKEEPING_FRACTION)
         if self._prune_due is not None and watermark >= self._prune_due:
             cutoff = watermark - self.dedupe_horizon_ms
-            self.seen = {
-                event_id: occurred_at
-                for event_id, occurred_at in self.seen.items()
-                if occurred_at >= cutoff
-            }
+            self.seen.forget_before(cutoff)
             for position in self.positions.values():
                 position.prune(cutoff)
             self._prune_due = None

@@ -3,14 +3,14 @@
     python -m benchmarks checkpoint [--history 1000000,2000000,5000000,10000000] [--smoke]
 
 The engine's recovery state is Bytewax's: at the end of every epoch, each SKU touched in
-that epoch is pickled whole (``SkuAvailabilityLogic.snapshot``: its ``SkuState``, the
-positions, the publisher's record and the dedupe memory) and written to the recovery
-store. This scenario runs that state in process, without Kafka or Bytewax: the retail
+that epoch is pickled whole (``SkuAvailabilityLogic.snapshot``, :func:`dump_state`: its
+``SkuState``, the positions, the publisher's record and the dedupe memory) and written to
+the recovery store. This scenario runs that state in process, without Kafka or Bytewax: the retail
 workload is folded SKU by SKU (``SkuInventory.apply_event``, then the publisher once per
 2,000-event batch, as the engine's batches do), the clock following event time. At each
 history point (events folded so far) the next ``window`` events (default 50,000: a 10 s
 epoch at 5k events/s, so every point has the same rate of change) are folded and then
-checkpointed exactly as the engine does: every touched SKU's state pickled. Reported
+checkpointed exactly as the engine does: ``dump_state`` of every touched SKU. Reported
 per point: keys written, bytes written, the pause (pickling time, during which the
 worker folds nothing), the largest key; ratios against the first point.
 
@@ -25,7 +25,6 @@ horizons only in the sense that it stops growing after them.
 from __future__ import annotations
 
 import gc
-import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from availability_domain.rules import Rules, load_rules
 from availability_domain.snapshots import SnapshotPublisher
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
-from dataflows.sku_logic import SkuState
+from dataflows.sku_logic import SkuState, dump_state
 
 BATCH = 2_000
 """Events per engine batch: the publisher runs once per touched SKU per batch."""
@@ -108,7 +107,7 @@ class Fold:
         started = time.perf_counter()
         for sku in keys:
             t0 = time.perf_counter()
-            sizes.append(len(pickle.dumps(self.states[sku], protocol=pickle.HIGHEST_PROTOCOL)))
+            sizes.append(len(dump_state(self.states[sku])))
             slowest = max(slowest, time.perf_counter() - t0)
         pause = time.perf_counter() - started
         return {"keys": len(keys), "bytes": sum(sizes), "pause_s": pause,

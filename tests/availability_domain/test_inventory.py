@@ -15,6 +15,7 @@ from availability_domain.inventory import (
     PositionQuantities,
     SkuInventory,
 )
+from availability_domain.position import Position
 from availability_domain.rules import Rules, parse_rules
 
 T0 = 1_700_000_000_000
@@ -273,3 +274,43 @@ def test_inventory_pickles_and_keeps_working() -> None:
     assert restored.apply_event(ev("1", "RECEIPT", 0, 5), T0).status == "duplicate"
     assert restored.expire(T0 + 100) == ("DC1",)
     assert restored.position_quantities("DC1", RULES).reserved == 0
+
+
+class _WrittenByEarlierRelease:
+    """Pickles an inventory the way releases before the compact snapshot format did:
+    positions through their constructor with Reservation/Transfer objects, ids a dict."""
+
+    def __init__(self, inventory: SkuInventory) -> None:
+        self.inventory = inventory
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        inv = self.inventory
+        positions = {loc: _OldPosition(p) for loc, p in inv.positions.items()}
+        return SkuInventory, (inv.sku, inv.dedupe_horizon_ms, inv.lateness_horizon_ms,
+                              positions, inv.watermark, {k: inv.seen.get(k) for k in inv.seen},
+                              None, None, None, None, True)
+
+
+class _OldPosition:
+    def __init__(self, position: Position) -> None:
+        self.p = position
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        p = self.p
+        return Position, (p.as_of, p.count, p.base, p.deltas, p.delta_sum, p.settled_through,
+                          p.unsellable, p.reservations, p.reserved, p.expiries, p.transfers,
+                          p.in_transit)
+
+
+def test_a_snapshot_in_the_earlier_format_restores_to_the_same_state() -> None:
+    inventory = SkuInventory("A")
+    inventory.apply_event(ev("1", "RECEIPT", 0, 5), T0)
+    inventory.apply_event(
+        ev("2", "RESERVATION_CREATED", 0, 2, reservation_id="r1", expires_at=T0 + 100), T0)
+    inventory.apply_event(ev("3", "RESERVATION_RELEASED", 0, 0, reservation_id="r0"), T0)
+    restored = pickle.loads(pickle.dumps(_WrittenByEarlierRelease(inventory)))
+    assert restored.positions == inventory.positions
+    assert restored.seen == inventory.seen and "2" in restored.seen
+    assert restored.apply_event(ev("2", "RESERVATION_CREATED", 0, 2, reservation_id="r1"),
+                                T0).status == "duplicate"
+    assert pickle.loads(pickle.dumps(restored)).positions == inventory.positions

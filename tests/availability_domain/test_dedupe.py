@@ -1,0 +1,61 @@
+"""The remembered-ids memory against a plain dict, through forgets and pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from availability_domain.dedupe import CHUNK_IDS, RememberedIds
+
+operations = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 5_000), st.integers(0, 1_000)),
+    st.tuples(st.just("forget"), st.integers(0, 1_000), st.just(0)),
+    st.tuples(st.just("restore"), st.just(0), st.just(0)),
+), max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations, st.integers(1, 3))
+def test_behaves_like_a_dict_through_forgets_and_restores(ops: list[tuple[str, int, int]],
+                                                          bulk: int) -> None:
+    """``bulk`` repeats each add, so chunks fill and seal within one example."""
+    remembered = RememberedIds()
+    reference: dict[str, int] = {}
+    serial = 0
+    for op, a, b in ops:
+        if op == "add":
+            for _ in range(bulk * 700):
+                serial += 1
+                event_id = f"e{a}-{serial % 3_000}"
+                if event_id not in reference:
+                    assert event_id not in remembered
+                    remembered.add(event_id, b)
+                    reference[event_id] = b
+        elif op == "forget":
+            remembered.forget_before(a)
+            reference = {k: v for k, v in reference.items() if v >= a}
+        else:
+            remembered = pickle.loads(pickle.dumps(remembered))
+        assert remembered == reference and len(remembered) == len(reference)
+    assert {k: remembered.get(k) for k in remembered} == reference
+
+
+def test_a_snapshot_copies_sealed_chunks_instead_of_pickling_their_ids_again() -> None:
+    remembered = RememberedIds()
+    for n in range(CHUNK_IDS * 5 + 10):
+        remembered.add(f"event-{n:08d}", n)
+    first = pickle.dumps(remembered)
+    remembered.add("one-more", 10**6)
+    second = pickle.dumps(remembered)
+    sealed = [chunk.ids for chunk in remembered._sealed]
+    assert len(sealed) == 5
+    assert all(blob in first and blob in second for blob in sealed)
+    assert pickle.loads(second) == remembered
+
+
+def test_a_plain_dict_from_an_older_snapshot_is_taken_over() -> None:
+    ids = {f"e{n}": n for n in range(CHUNK_IDS + 5)}
+    remembered = RememberedIds(ids)
+    assert remembered == ids and len(remembered._sealed) == 1
