@@ -1,4 +1,5 @@
-"""The event ids a SKU has applied, remembered for the dedupe horizon.
+"""Ids remembered for the dedupe horizon: the event ids a SKU has applied, and the
+tombstones of closed reservations and received transfers.
 
 Why not a plain dict: the engine's recovery snapshot of a SKU is its whole state, taken
 at the end of every epoch in which the SKU changed. A best seller remembers hundreds of
@@ -17,6 +18,8 @@ from typing import NamedTuple
 
 CHUNK_IDS = 2048
 """Ids per sealed chunk: the open chunk pickled at each snapshot stays this small."""
+TOMBSTONE_CHUNK = 32
+"""Ids per sealed chunk of a position's tombstones: a SKU has a memory per position."""
 
 
 class SealedChunk(NamedTuple):
@@ -36,15 +39,16 @@ class SealedChunk(NamedTuple):
 
 
 class RememberedIds:
-    """Applied event_id -> occurred_at; :meth:`forget_before` drops the old ones."""
+    """Id -> event time; :meth:`forget_before` drops the old ones."""
 
-    __slots__ = ("_all", "_open", "_sealed")
+    __slots__ = ("_all", "_chunk", "_open", "_sealed")
 
-    def __init__(self, ids: Mapping[str, int] | None = None) -> None:
+    def __init__(self, ids: Mapping[str, int] | None = None, chunk: int = CHUNK_IDS) -> None:
+        self._chunk = chunk
         self._all: dict[str, int] = dict(ids) if ids else {}
         self._open: list[tuple[str, int]] = list(self._all.items())
         self._sealed: list[SealedChunk] = []
-        while len(self._open) >= CHUNK_IDS:
+        while len(self._open) >= chunk:
             self._seal()
 
     def __contains__(self, event_id: object) -> bool:
@@ -63,7 +67,15 @@ class RememberedIds:
         """Remember an id not remembered yet (the caller checked)."""
         self._all[event_id] = occurred_at
         self._open.append((event_id, occurred_at))
-        if len(self._open) >= CHUNK_IDS:
+        if len(self._open) >= self._chunk:
+            self._seal()
+
+    def set_later(self, event_id: str, occurred_at: int) -> None:
+        """A later time for a remembered id (a tombstone closed again); the newest entry
+        wins on restore, as chunks are read in the order they were written."""
+        self._all[event_id] = occurred_at
+        self._open.append((event_id, occurred_at))
+        if len(self._open) >= self._chunk:
             self._seal()
 
     def forget_before(self, cutoff: int) -> None:
@@ -80,11 +92,11 @@ class RememberedIds:
         self._sealed = kept
 
     def _seal(self) -> None:
-        chunk, self._open = self._open[:CHUNK_IDS], self._open[CHUNK_IDS:]
+        chunk, self._open = self._open[:self._chunk], self._open[self._chunk:]
         self._sealed.append(SealedChunk.of(chunk))
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return _restore, ([tuple(chunk) for chunk in self._sealed], self._open)
+        return _restore, ([tuple(chunk) for chunk in self._sealed], self._open, self._chunk)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RememberedIds):
@@ -97,10 +109,10 @@ class RememberedIds:
         return f"RememberedIds({len(self._all)} ids, {len(self._sealed)} sealed chunks)"
 
 
-def _restore(sealed: list[tuple[int, int, bytes]], open_ids: list[tuple[str, int]]
-             ) -> RememberedIds:
+def _restore(sealed: list[tuple[int, int, bytes]], open_ids: list[tuple[str, int]],
+             chunk_ids: int = CHUNK_IDS) -> RememberedIds:
     """Rebuild from a snapshot (chunks as plain tuples: the pickle names no NamedTuple)."""
-    remembered = RememberedIds()
+    remembered = RememberedIds(chunk=chunk_ids)
     remembered._sealed = [SealedChunk(*chunk) for chunk in sealed]
     remembered._open = list(open_ids)
     every: dict[str, int] = {}

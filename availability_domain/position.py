@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from availability_contracts.times import iso_ms
+from availability_domain.dedupe import TOMBSTONE_CHUNK, RememberedIds
 from availability_domain.events import EventType, InventoryEvent
 
 
@@ -105,7 +106,33 @@ class Position:
     expiries: list[tuple[int, str]] = field(default_factory=list)
     """Min-heap of (expires_at, reservation_id); stale entries are skipped lazily."""
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    """Open transfers (shipped, not received)."""
     in_transit: int = 0
+    closed: RememberedIds | None = None
+    """Tombstones: closed reservation id -> its latest RELEASED/FULFILLED time (made on
+    the first one: most positions of a catalogue never hold any)."""
+    received: RememberedIds | None = None
+    """Tombstones: received transfer id -> its latest RECEIVED time."""
+
+    def __post_init__(self) -> None:
+        """Tombstones restored from a snapshot of the earlier format move to their own
+        memories (a snapshot pickles those in sealed chunks, see ``dedupe``)."""
+        for reservation_id in [rid for rid, r in self.reservations.items() if r.is_closed]:
+            closed_at = self.reservations.pop(reservation_id).closed_at
+            self._closed().add(reservation_id, closed_at if closed_at is not None else 0)
+        for transfer_id in [tid for tid, t in self.transfers.items() if not t.is_open]:
+            received_at = self.transfers.pop(transfer_id).received_at
+            self._received().add(transfer_id, received_at if received_at is not None else 0)
+
+    def _closed(self) -> RememberedIds:
+        if self.closed is None:
+            self.closed = RememberedIds(chunk=TOMBSTONE_CHUNK)
+        return self.closed
+
+    def _received(self) -> RememberedIds:
+        if self.received is None:
+            self.received = RememberedIds(chunk=TOMBSTONE_CHUNK)
+        return self.received
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Positional state with reservations and transfers as plain tuples: recovery
@@ -119,7 +146,7 @@ class Position:
              for rid, r in self.reservations.items()],
             self.reserved, self.expiries,
             [(tid, t.quantity, t.shipped, t.received_at) for tid, t in self.transfers.items()],
-            self.in_transit)
+            self.in_transit, self.closed, self.received)
 
     @property
     def on_hand(self) -> int:
@@ -227,14 +254,14 @@ class Position:
         now_ms: int,
     ) -> None:
         """A CREATED counts if it is the earliest for a reservation that is not closed."""
+        if self.closed is not None and reservation_id in self.closed:
+            return
         key = (occurred_at, event_id)
         reservation = self.reservations.get(reservation_id)
         if reservation is None:
             reservation = Reservation()
             self.reservations[reservation_id] = reservation
-        elif reservation.is_closed or (
-            reservation.created is not None and reservation.created <= key
-        ):
+        elif reservation.created is not None and reservation.created <= key:
             return
         elif reservation.is_open:
             self.reserved -= reservation.quantity
@@ -250,18 +277,17 @@ class Position:
             heapq.heappush(self.expiries, (expires_at, reservation_id))
 
     def close_reservation(self, reservation_id: str, occurred_at: int) -> None:
-        """RELEASED/FULFILLED: close it, leaving a tombstone if it was never seen."""
-        reservation = self.reservations.get(reservation_id)
-        if reservation is None:
-            self.reservations[reservation_id] = Reservation(
-                status=ReservationStatus.CLOSED, closed_at=occurred_at
-            )
+        """RELEASED/FULFILLED: close it, leaving a tombstone (also if it was never seen)."""
+        closed = self._closed()
+        closed_at = closed.get(reservation_id)
+        if closed_at is not None:
+            if occurred_at > closed_at:
+                closed.set_later(reservation_id, occurred_at)
             return
-        if reservation.is_open:
+        reservation = self.reservations.pop(reservation_id, None)
+        if reservation is not None and reservation.is_open:
             self.reserved -= reservation.quantity
-        reservation.status = ReservationStatus.CLOSED
-        if reservation.closed_at is None or occurred_at > reservation.closed_at:
-            reservation.closed_at = occurred_at
+        closed.add(reservation_id, occurred_at)
 
     def expire(self, now_ms: int) -> bool:
         """Stop counting open reservations with ``expires_at <= now_ms``; True if any did."""
@@ -289,12 +315,14 @@ class Position:
     def ship_in(self, transfer_id: str, occurred_at: int, event_id: str, quantity: int) -> None:
         """Destination side of TRANSFER_SHIPPED: the earliest SHIPPED of an open transfer."""
         self.touch(occurred_at)
+        if self.received is not None and transfer_id in self.received:
+            return
         key = (occurred_at, event_id)
         transfer = self.transfers.get(transfer_id)
         if transfer is None:
             self.transfers[transfer_id] = Transfer(quantity=quantity, shipped=key)
             self.in_transit += quantity
-        elif transfer.is_open and (transfer.shipped is None or key < transfer.shipped):
+        elif transfer.shipped is None or key < transfer.shipped:
             self.in_transit += quantity - transfer.quantity
             transfer.quantity = quantity
             transfer.shipped = key
@@ -302,15 +330,16 @@ class Position:
     def receive(self, transfer_id: str, occurred_at: int, quantity: int) -> None:
         """TRANSFER_RECEIVED: close the transfer whole and add what actually arrived."""
         self.add_delta(occurred_at, quantity)
-        transfer = self.transfers.get(transfer_id)
-        if transfer is None:
-            self.transfers[transfer_id] = Transfer(received_at=occurred_at)
+        received = self._received()
+        received_at = received.get(transfer_id)
+        if received_at is not None:
+            if occurred_at > received_at:
+                received.set_later(transfer_id, occurred_at)
             return
-        if transfer.is_open:
+        transfer = self.transfers.pop(transfer_id, None)
+        if transfer is not None:
             self.in_transit -= transfer.quantity
-            transfer.received_at = occurred_at
-        elif transfer.received_at is not None and occurred_at > transfer.received_at:
-            transfer.received_at = occurred_at
+        received.add(transfer_id, occurred_at)
 
     def prune(self, tombstone_cutoff: int) -> None:
         """Forget reservations/transfers closed before ``tombstone_cutoff`` and stale expiries."""
@@ -321,13 +350,9 @@ class Position:
             if _tombstone_time(reservation) < tombstone_cutoff
         ]:
             del reservations[reservation_id]
-        transfers = self.transfers
-        for transfer_id in [
-            transfer_id
-            for transfer_id, transfer in transfers.items()
-            if transfer.received_at is not None and transfer.received_at < tombstone_cutoff
-        ]:
-            del transfers[transfer_id]
+        for tombstones in (self.closed, self.received):
+            if tombstones is not None:
+                tombstones.forget_before(tombstone_cutoff)
         live = [entry for entry in self.expiries if self._expiry_is_live(*entry)]
         if len(live) != len(self.expiries):
             heapq.heapify(live)
@@ -371,9 +396,10 @@ def _position(as_of: int, count: tuple[int, str, int] | None, base: int,
               deltas: list[tuple[int, int]], delta_sum: int, settled_through: int | None,
               unsellable: int, reservations: list[tuple[Any, ...]], reserved: int,
               expiries: list[tuple[int, str]], transfers: list[tuple[Any, ...]],
-              in_transit: int) -> Position:
+              in_transit: int, closed: RememberedIds | None = None,
+              received: RememberedIds | None = None) -> Position:
     """A position from :meth:`Position.__reduce__` (a name snapshots refer to: keep it)."""
     return Position(as_of, count, base, deltas, delta_sum, settled_through, unsellable,
                     {rid: Reservation(*fields) for rid, *fields in reservations}, reserved,
                     expiries, {tid: Transfer(*fields) for tid, *fields in transfers},
-                    in_transit)
+                    in_transit, closed, received)

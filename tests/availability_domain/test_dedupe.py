@@ -17,11 +17,11 @@ operations = st.lists(st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(operations, st.integers(1, 3))
+@given(operations, st.integers(1, 3), st.sampled_from([CHUNK_IDS, 64]))
 def test_behaves_like_a_dict_through_forgets_and_restores(ops: list[tuple[str, int, int]],
-                                                          bulk: int) -> None:
+                                                          bulk: int, chunk: int) -> None:
     """``bulk`` repeats each add, so chunks fill and seal within one example."""
-    remembered = RememberedIds()
+    remembered = RememberedIds(chunk=chunk)
     reference: dict[str, int] = {}
     serial = 0
     for op, a, b in ops:

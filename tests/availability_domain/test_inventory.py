@@ -15,7 +15,7 @@ from availability_domain.inventory import (
     PositionQuantities,
     SkuInventory,
 )
-from availability_domain.position import Position
+from availability_domain.position import Position, Reservation, ReservationStatus, Transfer
 from availability_domain.rules import Rules, parse_rules
 
 T0 = 1_700_000_000_000
@@ -296,9 +296,17 @@ class _OldPosition:
         self.p = position
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Tombstones lived among the reservations and transfers then."""
         p = self.p
+        reservations = dict(p.reservations)
+        for rid in p.closed or ():
+            reservations[rid] = Reservation(status=ReservationStatus.CLOSED,
+                                            closed_at=p.closed.get(rid) if p.closed else None)
+        transfers = dict(p.transfers)
+        for tid in p.received or ():
+            transfers[tid] = Transfer(received_at=p.received.get(tid) if p.received else None)
         return Position, (p.as_of, p.count, p.base, p.deltas, p.delta_sum, p.settled_through,
-                          p.unsellable, p.reservations, p.reserved, p.expiries, p.transfers,
+                          p.unsellable, reservations, p.reserved, p.expiries, transfers,
                           p.in_transit)
 
 
@@ -308,6 +316,9 @@ def test_a_snapshot_in_the_earlier_format_restores_to_the_same_state() -> None:
     inventory.apply_event(
         ev("2", "RESERVATION_CREATED", 0, 2, reservation_id="r1", expires_at=T0 + 100), T0)
     inventory.apply_event(ev("3", "RESERVATION_RELEASED", 0, 0, reservation_id="r0"), T0)
+    inventory.apply_event(ev("4", "TRANSFER_RECEIVED", 0, 2, transfer_id="t0",
+                             counterparty_location_id="DC2"), T0)
+    assert inventory.positions["DC1"].closed and inventory.positions["DC1"].received
     restored = pickle.loads(pickle.dumps(_WrittenByEarlierRelease(inventory)))
     assert restored.positions == inventory.positions
     assert restored.seen == inventory.seen and "2" in restored.seen

@@ -131,7 +131,8 @@ def test_reservation_lifecycle() -> None:
     assert position.reserved == 0
     position.apply(ev("y", "RESERVATION_RELEASED", 2, 0, reservation_id="r1"), NOW)
     assert position.reserved == 0
-    assert position.reservations["r1"].status is ReservationStatus.CLOSED
+    assert "r1" not in position.reservations  # a tombstone now, with the latest close
+    assert position.closed is not None and position.closed.get("r1") == T0 + 2
 
 
 @pytest.mark.parametrize("closing", ["RESERVATION_RELEASED", "RESERVATION_FULFILLED"])
@@ -245,7 +246,9 @@ def test_prune_forgets_old_tombstones_only() -> None:
     position.ship_in("t-open", T0, "s", 2)
     position.expire(NOW + 5)
     position.prune(T0 + 6)
-    assert set(position.reservations) == {"open", "recent"}
+    assert set(position.reservations) == {"open"}
+    assert position.closed is not None and set(position.closed) == {"recent"}
     assert set(position.transfers) == {"t-open"}
+    assert position.received is not None and set(position.received) == set()
     assert position.expiries == []
     assert (position.reserved, position.in_transit) == (1, 2)
