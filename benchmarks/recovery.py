@@ -240,9 +240,10 @@ def run(brokers: str, options: RecoveryOptions, out_dir: Path, smoke: bool = Fal
          "baselines: from launch until their output is complete, without live traffic",
          f"initial load: {loaded:,} COUNTs out {load_s:.1f}s after the engine's launch"]))
     if not smoke and catch_up_s is not None:
-        result.targets.append(Target(
-            "recovery: kill -9 + restart with 1M positions, lag 0 in <= 10 s",
-            f"{catch_up_s:.1f} s ({positions:,} positions)", catch_up_s <= 10))
+        for goal_s in (10, 3):
+            result.targets.append(Target(
+                f"recovery: kill -9 + restart with 1M positions, lag 0 in <= {goal_s} s",
+                f"{catch_up_s:.1f} s ({positions:,} positions)", catch_up_s <= goal_s))
     _chart(result, out_dir)
     return result
 
