@@ -128,8 +128,12 @@ class SnapshotPublisher:
         """Pooled channel -> its eligible published locations, sorted."""
         self._contributions: dict[str, LocationContribution] = {}
 
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return SnapshotPublisher, (self.positions, self.channels)
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Quantities as plain tuples: pickle reduces each NamedTuple through a Python
+        call, and the publisher of every touched SKU is pickled at every epoch."""
+        return _publisher, ({location_id: (tuple(quantities), version)
+                             for location_id, (quantities, version) in self.positions.items()},
+                            self.channels)
 
     def publish(
         self,
@@ -299,3 +303,12 @@ class SnapshotPublisher:
         contributions = tuple(self._contribution(member) for member in members)
         out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,
                                    computed_at, contributions))
+
+
+def _publisher(positions: dict[str, tuple[tuple[int, ...], int]],
+               channels: dict[tuple[str, str | None], tuple[tuple[Any, ...], int]]
+               ) -> SnapshotPublisher:
+    """A publisher from :meth:`SnapshotPublisher.__reduce__` (snapshots name it: keep it)."""
+    return SnapshotPublisher({location_id: (PositionQuantities(*quantities), version)
+                              for location_id, (quantities, version) in positions.items()},
+                             channels)

@@ -1,7 +1,7 @@
 """Command line of the benchmarks, run from a checkout: ``python -m benchmarks`` or
 ``make bench ARGS=...``.
 
-Each scenario runs alone from one command; ``all`` runs the four into one results
+Each scenario runs alone from one command; ``all`` runs every one into one results
 folder. When no broker answers at --brokers, the local Kafka is started for the run
 and stopped afterwards (a broker that was already running is left alone).
 """
