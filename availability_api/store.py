@@ -279,9 +279,9 @@ class ReplicaStore:
             batch.put(OFFSET + f"{topic}{KEY_DELIMITER}{partition}".encode(), _OFFSET.pack(offset))
         self._rocks("write to", lambda: self._db.write(batch))
         memory = self._channels
-        if memory is not None and changes.channels:
-            memory.update({key: frame for key, frame in changes.channels.items()
-                           if frame is not None})
+        if memory is not None:
             for key, frame in changes.channels.items():
                 if frame is None:
                     memory.pop(key, None)
+                else:
+                    memory[key] = frame

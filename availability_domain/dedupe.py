@@ -71,12 +71,10 @@ class RememberedIds:
             self._seal()
 
     def set_later(self, event_id: str, occurred_at: int) -> None:
-        """A later time for a remembered id (a tombstone closed again); the newest entry
-        wins on restore, as chunks are read in the order they were written."""
-        self._all[event_id] = occurred_at
-        self._open.append((event_id, occurred_at))
-        if len(self._open) >= self._chunk:
-            self._seal()
+        """A later time for a remembered id (a tombstone closed again): appended like a
+        new one, since the newest entry wins on restore (chunks are read in the order
+        they were written)."""
+        self.add(event_id, occurred_at)
 
     def forget_before(self, cutoff: int) -> None:
         """Forget every id that occurred before ``cutoff``: chunks wholly before it go, the

@@ -37,7 +37,6 @@ from typing import Any
 from availability.retail_day import retail_workload
 from availability_domain.events import InventoryEvent
 from availability_domain.inventory import SkuInventory
-from availability_domain.position import Position
 from availability_domain.rules import Rules, load_rules
 from availability_domain.snapshots import SnapshotPublisher
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
@@ -144,8 +143,9 @@ class Fold:
 
 
 def deep_size(value: object) -> int:
-    """Bytes of ``value`` and everything it holds (containers, slotted objects); shared
-    small ints and interned strings are counted each time, an upper bound."""
+    """Bytes of ``value`` and everything it holds (containers, slotted objects such as
+    positions); shared small ints and interned strings are counted each time, an upper
+    bound."""
     size = sys.getsizeof(value)
     if isinstance(value, dict):
         return size + sum(deep_size(k) + deep_size(v) for k, v in value.items())
@@ -153,7 +153,7 @@ def deep_size(value: object) -> int:
         return size + sum(deep_size(item) for item in value)
     if isinstance(value, bytes | str | int):
         return size
-    if isinstance(value, Position) or hasattr(value, "__slots__"):
+    if hasattr(value, "__slots__"):
         return size + sum(deep_size(getattr(value, name)) for name in _slots(type(value))
                           if hasattr(value, name))
     return size
