@@ -197,8 +197,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=_wrap(
             "Send SIGTERM for a controlled shutdown (to every node of a cluster at once), "
             "wait for the processes to exit (SIGKILL after --timeout) and remove the pid "
-            "files. Without --nodes, stops whatever runs from this home (one node or a "
-            "cluster). Not running is not an error."
+            "files. A cluster node still running "
+            f"{broker.QUORUM_LOST_GRACE:.0f} s after a majority of the nodes has exited is "
+            "killed at once: no controller quorum is left to approve its controlled "
+            "shutdown, and Kafka would wait 5 minutes (it recovers that node's logs at its "
+            "next start). Without --nodes, stops whatever runs from this home (one node or "
+            "a cluster). Not running is not an error."
         ),
         epilog=EPILOG,
         formatter_class=_Formatter,

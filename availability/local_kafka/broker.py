@@ -110,6 +110,8 @@ DEFAULT_PORT = 9092
 DEFAULT_HEAP = "1g"
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
+QUORUM_LOST_GRACE = 15.0
+"""Seconds a cluster node may take to exit once a majority of the nodes has stopped."""
 DEFAULT_PARTITIONS = 4
 SASL_PORT_OFFSET = 2  # port + 1 is the controller's
 NODE_PORT_STRIDE = 10
@@ -1162,6 +1164,47 @@ def _bootstrap(procs: list[_NodeProcess]) -> str:
     return ",".join(proc.node.bootstrap for proc in procs)
 
 
+def _await_exit(proc: _NodeProcess, pid: int, deadline: float) -> tuple[float, str]:
+    """Waits for a SIGTERMed single node; returns (when it ended, how)."""
+    killed = proc.terminate(pid, max(0.1, deadline - time.monotonic()), signalled=True)
+    how = "killed with SIGKILL after SIGTERM timed out" if killed else "stopped"
+    return time.monotonic(), how
+
+
+def _await_cluster_exit(running: list[_NodeProcess], pids: dict[int, int],
+                        deadline: float, nodes: int) -> dict[int, tuple[float, str]]:
+    """Waits for SIGTERMed nodes; returns node index -> (when it ended, how).
+
+    A node asks the controller quorum to approve its controlled shutdown. When a
+    majority of the nodes has already exited, no quorum is left to answer, and Kafka
+    would wait minutes before giving up: such a node is killed after
+    ``QUORUM_LOST_GRACE`` (its logs are recovered at its next start)."""
+    alive = {p.node.index: p for p in running}
+    ended: dict[int, tuple[float, str]] = {}
+    quorum_lost_at: float | None = None
+    while alive:
+        now = time.monotonic()
+        for index in [i for i in alive if not _alive(pids[i])]:
+            del alive[index]
+            ended[index] = (now, "stopped")
+        if not alive:
+            break
+        if quorum_lost_at is None and len(alive) <= nodes - (nodes // 2 + 1):
+            quorum_lost_at = now
+        grace_over = quorum_lost_at is not None and now - quorum_lost_at >= QUORUM_LOST_GRACE
+        if grace_over or now >= deadline:
+            how = (f"killed with SIGKILL {QUORUM_LOST_GRACE:.0f} s after a majority of the "
+                   f"nodes had stopped (no controller quorum was left to approve its controlled "
+                   f"shutdown; Kafka recovers its logs at the next start)"
+                   if grace_over else "killed with SIGKILL after SIGTERM timed out")
+            for index, proc in alive.items():
+                proc.terminate(pids[index], 0.0, signalled=True)
+                ended[index] = (time.monotonic(), how)
+            break
+        time.sleep(0.1)
+    return ended
+
+
 def _wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while _alive(pid):
@@ -1550,16 +1593,16 @@ class LocalKafka:
         started = time.monotonic()
         for proc in running:  # all at once: each node's controlled shutdown needs a quorum
             proc.signal(pids[proc.node.index], signal.SIGTERM)
-        deadline = started + timeout
+        if nodes == 1:
+            outcomes = {0: _await_exit(running[0], pids[0], started + timeout)}
+        else:
+            outcomes = _await_cluster_exit(running, pids, started + timeout, nodes)
         done: list[str] = []
         for proc in running:
-            pid = pids[proc.node.index]
-            killed = proc.terminate(pid, max(0.1, deadline - time.monotonic()), signalled=True)
+            took, how = outcomes[proc.node.index]
             proc.node.pid_file.unlink(missing_ok=True)
-            how = "killed with SIGKILL after SIGTERM timed out" if killed else "stopped"
-            took = time.monotonic() - started
             label = "Kafka" if nodes == 1 else proc.node.name
-            done.append(f"{label} (pid {pid}) {how} in {took:.1f} s")
+            done.append(f"{label} (pid {pids[proc.node.index]}) {how} in {took - started:.1f} s")
         if nodes == 1:
             return done[0]
         return (f"Kafka {_nodes_word(nodes)} stopped in {time.monotonic() - started:.1f} s:\n  "
