@@ -12,9 +12,10 @@ Request rules, checked before any lookup:
   Asking for one location keeps every answer a single number with a single version;
   the stock of every location of a SKU is what ListPositions is for.
 
-An unknown SKU of a known channel is ``found=false`` with ats 0. Answers are the
-protobuf response messages, built by concatenating stored frames (see :mod:`frames`)
-and setting ``replica_lag``; the HTTP side renders the same messages as JSON.
+An unknown SKU of a known channel is ``found=false`` with ats 0. An answer is built by
+concatenating stored frames (see :mod:`frames`) and ``replica_lag``: gRPC sends those
+bytes as they are (the ``*_wire`` methods), the HTTP side parses them into the
+protobuf response message and renders it as JSON.
 """
 
 from __future__ import annotations
@@ -78,33 +79,41 @@ class Lookups:
 
     def get(self, channel: str, sku: str, location_id: str = "") -> pb.GetAvailabilityResponse:
         """One SKU on one channel."""
+        return pb.GetAvailabilityResponse.FromString(self.get_wire(channel, sku, location_id))
+
+    def get_wire(self, channel: str, sku: str, location_id: str = "") -> bytes:
+        """:meth:`get` as GetAvailabilityResponse wire bytes (what gRPC sends)."""
         check_id("sku", sku)
         (key,) = self.channel_keys(channel, (sku,), location_id)
         frame = self._store.channel_frame(key)
         if frame is None:
             frame = frames.missing_channel_frame(channel, sku, location_id)
-        response = pb.GetAvailabilityResponse.FromString(frame)
-        response.replica_lag = self._replica.lag
-        return response
+        return frames.with_replica_lag(frame, self._replica.lag)
 
     def batch_get(self, channel: str, skus: Sequence[str], location_id: str = ""
                   ) -> pb.BatchGetAvailabilityResponse:
         """Up to 1,000 SKUs of one channel, one result per SKU in request order."""
+        return pb.BatchGetAvailabilityResponse.FromString(
+            self.batch_get_wire(channel, skus, location_id))
+
+    def batch_get_wire(self, channel: str, skus: Sequence[str], location_id: str = ""
+                       ) -> bytes:
+        """:meth:`batch_get` as BatchGetAvailabilityResponse wire bytes."""
         keys = self.channel_keys(channel, skus, location_id)
         parts = self._frames(keys, skus, channel, location_id)
-        response = pb.BatchGetAvailabilityResponse.FromString(b"".join(parts))
-        response.replica_lag = self._replica.lag
-        return response
+        return frames.with_replica_lag(b"".join(parts), self._replica.lag)
 
     def list_positions(self, sku: str, location_ids: Sequence[str] = ()
                        ) -> pb.ListPositionsResponse:
         """The SKU's positions: every location held, or the given ones in order."""
+        return pb.ListPositionsResponse.FromString(self.list_positions_wire(sku, location_ids))
+
+    def list_positions_wire(self, sku: str, location_ids: Sequence[str] = ()) -> bytes:
+        """:meth:`list_positions` as ListPositionsResponse wire bytes."""
         check_id("sku", sku)
         check_ids("location_ids", location_ids, MAX_LOCATION_IDS, required=False)
         parts = self._store.position_frames(sku, location_ids)
-        response = pb.ListPositionsResponse.FromString(b"".join(parts))
-        response.replica_lag = self._replica.lag
-        return response
+        return frames.with_replica_lag(b"".join(parts), self._replica.lag)
 
     def watch(self, channel: str, skus: Sequence[str], location_id: str = "",
               *, idle_timeout: float | None = None) -> Watch:

@@ -32,12 +32,11 @@ from availability_api import metrics, reflection
 from availability_api.credentials import server_credentials, server_ssl_context
 from availability_api.decoding import RequestDecodingInterceptor
 from availability_api.feed import ChangeFeed
-from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
 from availability_api.http_api import HttpApi, HttpServer
 from availability_api.lookups import Lookups
 from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
-from availability_api.service import SERVICE_NAME, AvailabilityServicer
+from availability_api.service import SERVICE_NAME, AvailabilityServicer, add_to_server
 from availability_api.settings import ApiSettings
 from availability_api.store import ReplicaStore, StoreError
 from availability_contracts.codec import Codec
@@ -96,8 +95,7 @@ class ApiServer:
             self._server = grpc.aio.server(  # outermost first: undecodable ones are counted
                 options=SERVER_OPTIONS,
                 interceptors=[MetricsInterceptor(), RequestDecodingInterceptor()])
-            pb_grpc.add_AvailabilityServiceServicer_to_server(
-                AvailabilityServicer(lookups), self._server)
+            add_to_server(AvailabilityServicer(lookups), self._server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
             for service in HEALTH_SERVICES:
                 await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

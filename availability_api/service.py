@@ -3,12 +3,13 @@
 The request rules and the lookups themselves are in :mod:`lookups`, shared with the
 HTTP/JSON front end; this module maps them to gRPC: :class:`InvalidRequest` is
 INVALID_ARGUMENT, :class:`UnknownChannel` NOT_FOUND, and a Watch that the shutdown ends
-UNAVAILABLE.
+UNAVAILABLE. The unary answers are already wire bytes (stored frames), so
+:func:`add_to_server` registers them without a response serializer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import NoReturn
 
@@ -22,11 +23,11 @@ from availability_api.validation import InvalidRequest
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
-__all__ = ["SERVICE_NAME", "AvailabilityServicer", "UnknownChannel"]
+__all__ = ["SERVICE_NAME", "AvailabilityServicer", "UnknownChannel", "add_to_server"]
 
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
-    """Each RPC is one call of :class:`Lookups`."""
+    """Each RPC is one call of :class:`Lookups`; unary ones return wire bytes."""
 
     def __init__(self, lookups: Lookups) -> None:
         self._lookups = lookups
@@ -40,26 +41,24 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         raise error
 
     async def GetAvailability(self, request: pb.GetAvailabilityRequest,
-                              context: grpc.aio.ServicerContext
-                              ) -> pb.GetAvailabilityResponse:
+                              context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self._lookups.get(request.channel, request.sku, request.location_id)
+            return self._lookups.get_wire(request.channel, request.sku, request.location_id)
         except (InvalidRequest, UnknownChannel) as error:
             await self._refuse(context, error)
 
     async def BatchGetAvailability(self, request: pb.BatchGetAvailabilityRequest,
-                                   context: grpc.aio.ServicerContext
-                                   ) -> pb.BatchGetAvailabilityResponse:
+                                   context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self._lookups.batch_get(request.channel, list(request.skus),
-                                           request.location_id)
+            return self._lookups.batch_get_wire(request.channel, list(request.skus),
+                                                request.location_id)
         except (InvalidRequest, UnknownChannel) as error:
             await self._refuse(context, error)
 
     async def ListPositions(self, request: pb.ListPositionsRequest,
-                            context: grpc.aio.ServicerContext) -> pb.ListPositionsResponse:
+                            context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self._lookups.list_positions(request.sku, list(request.location_ids))
+            return self._lookups.list_positions_wire(request.sku, list(request.location_ids))
         except InvalidRequest as error:
             await self._refuse(context, error)
 
@@ -85,3 +84,31 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                                 "replica is shutting down; reconnect to another replica")
         finally:
             watch.close()
+
+
+def add_to_server(servicer: pb_grpc.AvailabilityServiceServicer, server: grpc.aio.Server
+                  ) -> None:
+    """The generated ``add_AvailabilityServiceServicer_to_server``, except that the unary
+    methods send the servicer's bytes as they are (no response serializer)."""
+    unary: dict[str, Callable[[bytes], object]] = {
+        "GetAvailability": pb.GetAvailabilityRequest.FromString,
+        "BatchGetAvailability": pb.BatchGetAvailabilityRequest.FromString,
+        "ListPositions": pb.ListPositionsRequest.FromString,
+    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name),
+                                                  request_deserializer=parse)
+        for name, parse in unary.items()
+    }
+    handlers["WatchAvailability"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchAvailability,
+        request_deserializer=pb.WatchAvailabilityRequest.FromString,
+        response_serializer=pb.WatchAvailabilityResponse.SerializeToString)
+    methods = {method.name for method in
+               pb.DESCRIPTOR.services_by_name["AvailabilityService"].methods}
+    if methods != set(handlers):
+        raise RuntimeError(f"AvailabilityService has methods {sorted(methods)}; "
+                           f"add_to_server registers {sorted(handlers)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -5,8 +5,9 @@
 Why: the replica's figures mix Python gRPC's own cost with the replica's (RocksDB
 reads, request checks, lag). This server loads the same channel snapshots into a dict
 of pre-encoded response frames (the replica's frame trick, without RocksDB or checks)
-and serves GetAvailability/BatchGetAvailability with grpc.aio, so the ratio of the two
-is what the replica adds on top of the framework.
+and serves GetAvailability/BatchGetAvailability with grpc.aio, sending the joined
+frames as they are like the replica does, so the ratio of the two is what the replica
+adds on top of the framework.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 from availability_api import frames
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
+from availability_api.service import add_to_server
 from availability_contracts.codec import Codec
 from availability_contracts.keys import channel_key
 from availability_contracts.schemas import CHANNEL_SCHEMA
@@ -36,21 +38,18 @@ class DictServicer(pb_grpc.AvailabilityServiceServicer):
         return frame if frame is not None else frames.missing_channel_frame(channel, sku)
 
     async def GetAvailability(self, request: pb.GetAvailabilityRequest,
-                              context: grpc.aio.ServicerContext
-                              ) -> pb.GetAvailabilityResponse:
-        return pb.GetAvailabilityResponse.FromString(self._frame(request.channel, request.sku))
+                              context: grpc.aio.ServicerContext) -> bytes:
+        return self._frame(request.channel, request.sku)
 
     async def BatchGetAvailability(self, request: pb.BatchGetAvailabilityRequest,
-                                   context: grpc.aio.ServicerContext
-                                   ) -> pb.BatchGetAvailabilityResponse:
+                                   context: grpc.aio.ServicerContext) -> bytes:
         channel = request.channel
-        return pb.BatchGetAvailabilityResponse.FromString(
-            b"".join(self._frame(channel, sku) for sku in request.skus))
+        return b"".join([self._frame(channel, sku) for sku in request.skus])
 
 
 async def serve(table: dict[str, bytes]) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_AvailabilityServiceServicer_to_server(DictServicer(table), server)
+    add_to_server(DictServicer(table), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"grpc-baseline: {len(table)} keys; listening on 127.0.0.1:{port}", file=sys.stderr,
