@@ -1,7 +1,9 @@
 """Prometheus metrics of the API replica: requests by method and status, latency, lag.
 
-gRPC calls are counted by a server interceptor, so the servicer stays free of
-bookkeeping, under their method name and status code (``GetAvailability``, ``OK``);
+gRPC calls are counted by a wrapper around each handler, added where the service is
+registered (``service.add_to_server``: no per-call interceptor chain), so the servicer
+stays free of bookkeeping, under their method name and status code
+(``GetAvailability``, ``OK``);
 HTTP/JSON requests by the middleware of :mod:`http_api`, under ``http <VERB> <route>``
 (``http GET availability``) and their HTTP status (``200``, ``400``), through
 :func:`observe`.
@@ -67,55 +69,9 @@ def _code(context: grpc.aio.ServicerContext, outcome: BaseException | None) -> s
     return "OK" if outcome is None else "UNKNOWN"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        self._wrapped = WrappedHandlers()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith("/availability."):
-            return handler
-        return self._wrapped.get(handler_call_details.method, handler, self._wrap)
-
-    @staticmethod
-    def _wrap(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        method = full_method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _timed_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _timed_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
-
-
-class WrappedHandlers:
-    """An interceptor's wrapped handler per method, made once: grpc asks the
-    interceptors for every call, and wrapping anew would cost each call a few closures
-    and a metric label lookup."""
-
-    def __init__(self) -> None:
-        self._made: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def get(self, method: str, handler: grpc.RpcMethodHandler,
-            wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
-            ) -> grpc.RpcMethodHandler:
-        made = self._made.get(method)
-        if made is None or made[0] is not handler:
-            made = self._made[method] = (handler, wrap(method, handler))
-        return made[1]
-
-
-def _timed_unary(method: str, inner: Callable[..., Awaitable[Any]]
-                 ) -> Callable[..., Awaitable[Any]]:
+def timed_unary(method: str, inner: Callable[..., Awaitable[Any]]
+                ) -> Callable[..., Awaitable[Any]]:
+    """``inner`` counted under ``method`` and its status code, and timed."""
     latency = LATENCY.labels(method)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -133,8 +89,9 @@ def _timed_unary(method: str, inner: Callable[..., Awaitable[Any]]
     return call
 
 
-def _timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
-                  ) -> Callable[..., AsyncIterator[Any]]:
+def timed_stream(method: str, inner: Callable[..., AsyncIterator[Any]]
+                 ) -> Callable[..., AsyncIterator[Any]]:
+    """A response stream counted when it ends, timed over its lifetime."""
     latency = LATENCY.labels(method)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -30,11 +30,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from availability_api import metrics, reflection
 from availability_api.credentials import server_credentials, server_ssl_context
-from availability_api.decoding import RequestDecodingInterceptor
 from availability_api.feed import ChangeFeed
 from availability_api.http_api import HttpApi, HttpServer
 from availability_api.lookups import Lookups
-from availability_api.metrics import MetricsInterceptor
 from availability_api.replica import Replica
 from availability_api.service import SERVICE_NAME, AvailabilityServicer, add_to_server
 from availability_api.settings import ApiSettings
@@ -92,9 +90,7 @@ class ApiServer:
             self.replica.on_stopped = lambda failure: self._from_thread(
                 loop, self._replica_stopped.set)
             lookups = Lookups(self.store, self.replica, self.feed)
-            self._server = grpc.aio.server(  # outermost first: undecodable ones are counted
-                options=SERVER_OPTIONS,
-                interceptors=[MetricsInterceptor(), RequestDecodingInterceptor()])
+            self._server = grpc.aio.server(options=SERVER_OPTIONS)
             add_to_server(AvailabilityServicer(lookups), self._server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
             for service in HEALTH_SERVICES:

@@ -15,10 +15,12 @@ from typing import NoReturn
 
 import grpc
 
+from availability_api.decoding import decoding_stream, decoding_unary
 from availability_api.feed import FeedClosed
 from availability_api.generated.availability.v1 import availability_pb2 as pb
 from availability_api.generated.availability.v1 import availability_pb2_grpc as pb_grpc
 from availability_api.lookups import Lookups, UnknownChannel, Watch
+from availability_api.metrics import timed_stream, timed_unary
 from availability_api.validation import InvalidRequest
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
@@ -86,29 +88,41 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             watch.close()
 
 
-def add_to_server(servicer: pb_grpc.AvailabilityServiceServicer, server: grpc.aio.Server
-                  ) -> None:
+def add_to_server(servicer: pb_grpc.AvailabilityServiceServicer, server: grpc.aio.Server,
+                  *, observed: bool = True) -> None:
     """The generated ``add_AvailabilityServiceServicer_to_server``, except that the unary
-    methods send the servicer's bytes as they are (no response serializer)."""
-    unary: dict[str, Callable[[bytes], object]] = {
-        "GetAvailability": pb.GetAvailabilityRequest.FromString,
-        "BatchGetAvailability": pb.BatchGetAvailabilityRequest.FromString,
-        "ListPositions": pb.ListPositionsRequest.FromString,
+    methods send the servicer's bytes as they are (no response serializer).
+
+    ``observed`` (the replica) wraps each handler once, here, in the request metrics
+    (outermost: undecodable requests are counted too) and in request decoding that
+    answers INVALID_ARGUMENT; server interceptors would do the same at a cost on every
+    call. Without it (the benchmark's floor), grpc parses the requests itself."""
+    requests: dict[str, Callable[[bytes], object]] = {
+        method.name: getattr(pb, method.input_type.name).FromString
+        for method in pb.DESCRIPTOR.services_by_name["AvailabilityService"].methods
     }
-    handlers: dict[str, grpc.RpcMethodHandler] = {
-        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name),
-                                                  request_deserializer=parse)
-        for name, parse in unary.items()
-    }
-    handlers["WatchAvailability"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchAvailability,
-        request_deserializer=pb.WatchAvailabilityRequest.FromString,
-        response_serializer=pb.WatchAvailabilityResponse.SerializeToString)
-    methods = {method.name for method in
-               pb.DESCRIPTOR.services_by_name["AvailabilityService"].methods}
-    if methods != set(handlers):
-        raise RuntimeError(f"AvailabilityService has methods {sorted(methods)}; "
-                           f"add_to_server registers {sorted(handlers)}")
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, parse in requests.items():
+        inner = getattr(servicer, name)
+        if name == "WatchAvailability":
+            serialize = pb.WatchAvailabilityResponse.SerializeToString
+            if observed:
+                handlers[name] = grpc.unary_stream_rpc_method_handler(
+                    timed_stream(name, decoding_stream(name, parse, inner)),
+                    response_serializer=serialize)
+            else:
+                handlers[name] = grpc.unary_stream_rpc_method_handler(
+                    inner, request_deserializer=parse, response_serializer=serialize)
+        elif observed:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                timed_unary(name, decoding_unary(name, parse, inner)))
+        else:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                inner, request_deserializer=parse)
+    if set(handlers) != {"GetAvailability", "BatchGetAvailability", "ListPositions",
+                         "WatchAvailability"}:
+        raise RuntimeError(f"AvailabilityService has methods {sorted(handlers)}: only "
+                           "WatchAvailability may stream, the others answer wire bytes")
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -49,7 +49,7 @@ class DictServicer(pb_grpc.AvailabilityServiceServicer):
 
 async def serve(table: dict[str, bytes]) -> None:
     server = grpc.aio.server()
-    add_to_server(DictServicer(table), server)
+    add_to_server(DictServicer(table), server, observed=False)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"grpc-baseline: {len(table)} keys; listening on 127.0.0.1:{port}", file=sys.stderr,
