@@ -77,6 +77,7 @@ def test_flash_sale_hits_only_the_hot_skus() -> None:
 
 
 @pytest.mark.kafka
+@pytest.mark.slow  # ~30 s: six systems, the release baseline among them; CI runs it
 def test_drain_smoke(brokers: str, tmp_path: Path) -> None:
     assert main(["drain", "--smoke", "--brokers", brokers, "--out", str(tmp_path)]) == 0
     data = check_results(tmp_path, "drain", charts=1)
