@@ -184,7 +184,8 @@ def _measure(options: CheckpointOptions, out_dir: Path, smoke: bool, log: Any
              ) -> ScenarioResult:
     result = ScenarioResult("checkpoint", smoke, {
         "history": options.history, "window": options.window, "skus": options.skus,
-        "stores": options.stores, "batch": BATCH, "rules": options.rules.name})
+        "stores": options.stores, "batch": BATCH, "rules": options.rules.name},
+        uses_broker=False)
     fold = Fold(load_rules(options.rules))
     events = iter(retail_workload(skus=options.skus, stores=options.stores).events(
         max(options.history) + options.window))

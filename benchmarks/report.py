@@ -61,13 +61,17 @@ class ScenarioResult:
     machine: dict[str, Any] = field(default_factory=lambda: machine_info())
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(
         timespec="seconds"))
+    uses_broker: bool = True
+    """False for a scenario measured in process (no Kafka)."""
 
     def markdown(self) -> str:
         m = self.machine
         lines = [
             f"## {self.scenario}{' (smoke)' if self.smoke else ''}: {self.started_at}", "",
             f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB RAM, "
-            f"{m['system']}, Python {m['python']}; broker on the same machine; load average "
+            f"{m['system']}, Python {m['python']}; "
+            f"{'broker on the same machine' if self.uses_broker else 'in process, no broker'}; "
+            f"load average "
             f"at start {m['load_average_at_start'][0]}. Commit {m['commit']}.",
             _other_cpu_line(m.get("other_cpu")), "",
             "Parameters: " + ", ".join(f"{k}={_cell(v)}" for k, v in self.parameters.items()),
