@@ -79,8 +79,8 @@ class ApiServer:
                                   channels_in_memory=settings.channels_in_memory)
         held = self.store.channels_in_memory
         if held is not None:
-            log.info("%s channel answers in memory (%.1f MB of keys and frames)",
-                     f"{held[0]:,}", held[1] / 1e6)
+            log.info("%s channel answers in memory (%.1f MB of keys and frames), read in "
+                     "%.1f s", f"{held[0]:,}", held[1] / 1e6, self.store.channels_load_seconds)
         try:
             self.feed = ChangeFeed(loop)
             self.replica = Replica(self.store, settings.brokers, settings.topics,

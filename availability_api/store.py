@@ -44,6 +44,7 @@ import re
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,8 @@ class ReplicaStore:
         self._lock: int | None = _claim(path)
         self._channels: dict[str, bytes] | None = None
         """Every channel frame by key, when kept in memory (see the module docstring)."""
+        self.channels_load_seconds = 0.0
+        """How long reading the channel answers into memory took at open."""
         try:
             self._db: Any = self._rocks("open", lambda: Rdict(str(path), _options()))
             source = f"{positions_topic}{KEY_DELIMITER}{channels_topic}".encode()
@@ -172,7 +175,9 @@ class ReplicaStore:
                 )
             self.replica_id: str = self._replica_id()
             if channels_in_memory:
+                began = time.monotonic()
                 self._channels = self._rocks("read", self._load_channels)
+                self.channels_load_seconds = time.monotonic() - began
         except BaseException:
             self._release()
             raise
