@@ -3,7 +3,8 @@
 Every response message of the API carries its value(s) in field 1 (a singular message
 or a repeated one, the wire form is the same). A snapshot is converted once, when the
 replica applies it, into the bytes of a one-value response, so the read path never
-decodes Avro: a response is the concatenation of stored frames, parsed once in C.
+decodes Avro: a response is the concatenation of stored frames and ``replica_lag``,
+sent by gRPC as it is (the HTTP side parses it once, in C).
 """
 
 from __future__ import annotations
