@@ -13,17 +13,20 @@ horizon, so its cost is amortised over many events.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from availability_contracts.times import DAY_MS, duration, iso_ms
 from availability_domain.dedupe import RememberedIds
 from availability_domain.events import EventType, InventoryEvent
-from availability_domain.position import Position
+from availability_domain.position import Position, _position
 from availability_domain.rules import Rules
 
 DEFAULT_DEDUPE_HORIZON_MS = 7 * DAY_MS
 DEFAULT_LATENESS_HORIZON_MS = DAY_MS
+FRAME_PROTOCOL = 4
+"""Pickle protocol of a position's bytes in a snapshot (short strings, no framing)."""
 HOUSEKEEPING_FRACTION = 8
 """Housekeeping runs each time the watermark advances by horizon / this."""
 
@@ -86,16 +89,31 @@ class SkuInventory:
     _housekeeping_due: int | None = None
     _next_expiry: int | None = None
     _next_expiry_stale: bool = False
+    _pickled: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    """location_id -> that position as last pickled, while nothing has changed it since.
+
+    A recovery snapshot pickles the whole SKU every epoch in which any of its positions
+    changed, and an epoch changes few of a SKU's positions: the others are copied as
+    these bytes instead of being pickled again. Every method below that may change a
+    position drops its entry first (housekeeping and expiry, which visit them all, drop
+    them all); nothing outside this class changes a position."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seen, RememberedIds):  # a snapshot from before the chunks
             self.seen = RememberedIds(self.seen)
 
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return SkuInventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
-                              self.positions, self.watermark, self.seen, self._settle_due,
-                              self._prune_due, self._housekeeping_due, self._next_expiry,
-                              self._next_expiry_stale)
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        pickled = self._pickled
+        positions = []
+        for location_id, position in self.positions.items():
+            frame = pickled.get(location_id)
+            if frame is None:
+                frame = pickled[location_id] = pickle.dumps(position.fields(), FRAME_PROTOCOL)
+            positions.append((location_id, frame))
+        return _inventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
+                            positions, self.watermark, self.seen, self._settle_due,
+                            self._prune_due, self._housekeeping_due, self._next_expiry,
+                            self._next_expiry_stale)
 
     def apply_event(self, event: InventoryEvent, now_ms: int) -> Outcome:
         """Fold one event in; duplicates and rejected events change nothing.
@@ -123,6 +141,7 @@ class SkuInventory:
             )
 
         location_id = event.location_id
+        self._pickled.pop(location_id, None)
         position = self.positions.get(location_id)
         if position is None:
             position = self.positions[location_id] = Position(as_of=occurred_at)
@@ -135,6 +154,7 @@ class SkuInventory:
             self._note_expiry(before, position.next_expiry())
         if kind is EventType.TRANSFER_SHIPPED:
             destination_id = event.counterparty_location_id or ""
+            self._pickled.pop(destination_id, None)
             destination = self.positions.get(destination_id)
             if destination is None:
                 destination = self.positions[destination_id] = Position(as_of=occurred_at)
@@ -158,6 +178,7 @@ class SkuInventory:
         next_expiry = self.next_expiry()
         if next_expiry is None or next_expiry > now_ms:
             return ()
+        self._pickled.clear()
         touched = tuple(
             location_id
             for location_id, position in self.positions.items()
@@ -169,6 +190,7 @@ class SkuInventory:
     def next_expiry(self) -> int | None:
         """Earliest expires_at of a reservation that still counts, at any location."""
         if self._next_expiry_stale:
+            self._pickled.clear()  # next_expiry drops a position's stale heap entries
             expiries = [
                 expiry
                 for position in self.positions.values()
@@ -215,6 +237,7 @@ class SkuInventory:
         lateness_step = max(1, self.lateness_horizon_ms // HOUSEKEEPING_FRACTION)
         if self._settle_due is not None and watermark >= self._settle_due:
             cutoff = watermark - self.lateness_horizon_ms
+            self._pickled.clear()
             for position in self.positions.values():
                 position.settle(cutoff)
             self._settle_due = None
@@ -225,12 +248,25 @@ class SkuInventory:
         if self._prune_due is not None and watermark >= self._prune_due:
             cutoff = watermark - self.dedupe_horizon_ms
             self.seen.forget_before(cutoff)
+            self._pickled.clear()
             for position in self.positions.values():
                 position.prune(cutoff)
             self._prune_due = None
         if self._prune_due is None:
             self._prune_due = watermark + dedupe_step
         self._housekeeping_due = min(self._settle_due, self._prune_due)
+
+
+def _inventory(sku: str, dedupe_horizon_ms: int, lateness_horizon_ms: int,
+               positions: list[tuple[str, bytes]], *state: object) -> SkuInventory:
+    """A SKU from :meth:`SkuInventory.__reduce__` (a name snapshots refer to: keep it);
+    its positions' bytes stay as their pickled form until one changes."""
+    inventory = SkuInventory(sku, dedupe_horizon_ms, lateness_horizon_ms,
+                             {location_id: _position(*pickle.loads(frame))
+                              for location_id, frame in positions},
+                             *state)  # type: ignore[arg-type]
+    inventory._pickled = dict(positions)
+    return inventory
 
 
 _RESERVATION_EVENTS = frozenset(

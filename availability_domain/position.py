@@ -139,7 +139,11 @@ class Position:
         pickles every touched position each epoch, a best seller's positions hold
         thousands of them, and letting pickle reduce each object was most of the
         pause (the generated dataclass pickling is slower still)."""
-        return _position, (
+        return _position, self.fields()
+
+    def fields(self) -> tuple[object, ...]:
+        """The arguments of :func:`_position` that rebuild this position."""
+        return (
             self.as_of, self.count, self.base, self.deltas, self.delta_sum,
             self.settled_through, self.unsellable,
             [(rid, r.quantity, r.expires_at, r.created, r.status, r.closed_at)

@@ -276,6 +276,47 @@ def test_inventory_pickles_and_keeps_working() -> None:
     assert restored.position_quantities("DC1", RULES).reserved == 0
 
 
+def test_a_snapshot_copies_unchanged_positions_and_repickles_changed_ones() -> None:
+    inventory = SkuInventory("A")
+    for n, location in enumerate(("DC1", "DC2", "S1")):
+        inventory.apply_event(ev(f"r{n}", "RECEIPT", n, 5, location=location), T0)
+    inventory.apply_event(
+        ev("c", "RESERVATION_CREATED", 3, 2, reservation_id="r1", expires_at=T0 + 100), T0)
+    first = pickle.loads(pickle.dumps(inventory))
+    frames = dict(inventory._pickled)
+    assert set(frames) == {"DC1", "DC2", "S1"} and first == inventory
+
+    inventory.apply_event(ev("s", "SALE", 4, 1, location="DC2"), T0)
+    second = pickle.loads(pickle.dumps(inventory))
+    assert second == inventory and second.position_quantities("DC2", RULES).on_hand == 4
+    assert inventory._pickled["DC1"] is frames["DC1"]  # copied, not pickled again
+    assert inventory._pickled["DC2"] != frames["DC2"]
+
+    assert inventory.expire(T0 + 100) == ("DC1",)  # expiry may change any position
+    third = pickle.loads(pickle.dumps(inventory))
+    assert third == inventory and third.position_quantities("DC1", RULES).reserved == 0
+    restored_frames = dict(third._pickled)  # a restored SKU reuses what it was read from
+    assert pickle.loads(pickle.dumps(third)) == inventory
+    assert third._pickled == restored_frames
+
+
+def test_housekeeping_repickles_positions_no_event_touched() -> None:
+    """Settling late deltas and dropping tombstones change every position of the SKU,
+    the ones the event that moved the watermark did not touch included."""
+    inventory = SkuInventory("A", dedupe_horizon_ms=HOUR, lateness_horizon_ms=HOUR)
+    inventory.apply_event(ev("a", "RECEIPT", 0, 5), T0)
+    inventory.apply_event(ev("b", "SALE", 1, 1), T0)
+    inventory.apply_event(
+        ev("c", "RESERVATION_CREATED", 2, 1, reservation_id="r1", expires_at=T0 + DAY_MS), T0)
+    inventory.apply_event(ev("d", "RESERVATION_RELEASED", 3, 0, reservation_id="r1"), T0)
+    pickle.dumps(inventory)
+    for n in range(1, 6):  # the watermark moves on at another location only
+        inventory.apply_event(ev(f"s{n}", "RECEIPT", n * HOUR, 1, location="S1"), T0)
+        assert pickle.loads(pickle.dumps(inventory)) == inventory
+    dc1 = inventory.positions["DC1"]
+    assert dc1.settled_through is not None and not dc1.deltas and not dc1.closed
+
+
 class _WrittenByEarlierRelease:
     """Pickles an inventory the way releases before the compact snapshot format did:
     positions through their constructor with Reservation/Transfer objects, ids a dict."""
