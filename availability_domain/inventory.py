@@ -95,8 +95,10 @@ class SkuInventory:
     A recovery snapshot pickles the whole SKU every epoch in which any of its positions
     changed, and an epoch changes few of a SKU's positions: the others are copied as
     these bytes instead of being pickled again. Every method below that may change a
-    position drops its entry first (housekeeping and expiry, which visit them all, drop
-    them all); nothing outside this class changes a position."""
+    position drops its entry first (housekeeping, which visits them all, drops them all);
+    nothing outside this class changes a position. ``Position.next_expiry`` only drops
+    heap entries of reservations that no longer count, so a position restored with them
+    behaves the same."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seen, RememberedIds):  # a snapshot from before the chunks
@@ -178,19 +180,20 @@ class SkuInventory:
         next_expiry = self.next_expiry()
         if next_expiry is None or next_expiry > now_ms:
             return ()
-        self._pickled.clear()
-        touched = tuple(
-            location_id
-            for location_id, position in self.positions.items()
-            if position.expire(now_ms)
-        )
+        pickled = self._pickled
+        changed = []
+        for location_id, position in self.positions.items():
+            if position.has_due_expiry(now_ms):
+                pickled.pop(location_id, None)
+                if position.expire(now_ms):
+                    changed.append(location_id)
+        touched = tuple(changed)
         self._next_expiry_stale = True
         return touched
 
     def next_expiry(self) -> int | None:
         """Earliest expires_at of a reservation that still counts, at any location."""
-        if self._next_expiry_stale:
-            self._pickled.clear()  # next_expiry drops a position's stale heap entries
+        if self._next_expiry_stale:  # positions drop heap entries that no longer count
             expiries = [
                 expiry
                 for position in self.positions.values()

@@ -293,6 +293,10 @@ class Position:
             self.reserved -= reservation.quantity
         closed.add(reservation_id, occurred_at)
 
+    def has_due_expiry(self, now_ms: int) -> bool:
+        """Whether :meth:`expire` at ``now_ms`` would change anything (its heap included)."""
+        return bool(self.expiries) and self.expiries[0][0] <= now_ms
+
     def expire(self, now_ms: int) -> bool:
         """Stop counting open reservations with ``expires_at <= now_ms``; True if any did."""
         changed = False
