@@ -40,7 +40,7 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
         snapshot_tables: Callable[..., Any],
         brokers: str, topics: TopicNames, codec: Codec,
         engine_factory: Callable[..., Any], wait_for: Callable[..., Any]) -> None:
-    events = list(Workload(skus=3_000, seed=11).events(150_000))  # more than the 3 kill windows drain
+    events = list(Workload(skus=3_000, seed=11).events(150_000))  # more than 3 kill windows drain
     expected = fold_in_process(events, load_rules(RULES))
     publish(brokers, topics.events, events, codec)
 
