@@ -406,7 +406,11 @@ def _position(as_of: int, count: tuple[int, str, int] | None, base: int,
               expiries: list[tuple[int, str]], transfers: list[tuple[Any, ...]],
               in_transit: int, closed: RememberedIds | None = None,
               received: RememberedIds | None = None) -> Position:
-    """A position from :meth:`Position.__reduce__` (a name snapshots refer to: keep it)."""
+    """A position from :meth:`Position.fields` (a name snapshots refer to: keep it).
+
+    The arguments are a snapshot format too: a SKU's snapshot carries the pickled
+    fields of positions unchanged since an earlier snapshot, possibly one written by an
+    older release, so new arguments go at the end with defaults."""
     return Position(as_of, count, base, deltas, delta_sum, settled_through, unsellable,
                     {rid: Reservation(*fields) for rid, *fields in reservations}, reserved,
                     expiries, {tid: Transfer(*fields) for tid, *fields in transfers},
