@@ -91,38 +91,30 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 def add_to_server(servicer: pb_grpc.AvailabilityServiceServicer, server: grpc.aio.Server,
                   *, observed: bool = True) -> None:
     """The generated ``add_AvailabilityServiceServicer_to_server``, except that the unary
-    methods send the servicer's bytes as they are (no response serializer).
+    methods send the servicer's bytes as they are (no response serializer: a unary
+    method of the servicer returns wire bytes).
 
     ``observed`` (the replica) wraps each handler once, here, in the request metrics
     (outermost: undecodable requests are counted too) and in request decoding that
     answers INVALID_ARGUMENT; server interceptors would do the same at a cost on every
     call. Without it (the benchmark's floor), grpc parses the requests itself."""
-    requests: dict[str, Callable[[bytes], object]] = {
-        method.name: getattr(pb, method.input_type.name).FromString
-        for method in pb.DESCRIPTOR.services_by_name["AvailabilityService"].methods
-    }
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for name, parse in requests.items():
+    for method in pb.DESCRIPTOR.services_by_name["AvailabilityService"].methods:
+        name = method.name
+        parse: Callable[[bytes], object] = getattr(pb, method.input_type.name).FromString
         inner = getattr(servicer, name)
-        if name == "WatchAvailability":
-            serialize = pb.WatchAvailabilityResponse.SerializeToString
-            if observed:
-                handlers[name] = grpc.unary_stream_rpc_method_handler(
-                    timed_stream(name, decoding_stream(name, parse, inner)),
-                    response_serializer=serialize)
-            else:
-                handlers[name] = grpc.unary_stream_rpc_method_handler(
-                    inner, request_deserializer=parse, response_serializer=serialize)
-        elif observed:
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                timed_unary(name, decoding_unary(name, parse, inner)))
+        streams = method.server_streaming
+        if observed:
+            inner = (timed_stream(name, decoding_stream(name, parse, inner)) if streams
+                     else timed_unary(name, decoding_unary(name, parse, inner)))
+        deserializer = None if observed else parse
+        if streams:
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                inner, request_deserializer=deserializer,
+                response_serializer=getattr(pb, method.output_type.name).SerializeToString)
         else:
             handlers[name] = grpc.unary_unary_rpc_method_handler(
-                inner, request_deserializer=parse)
-    if set(handlers) != {"GetAvailability", "BatchGetAvailability", "ListPositions",
-                         "WatchAvailability"}:
-        raise RuntimeError(f"AvailabilityService has methods {sorted(handlers)}: only "
-                           "WatchAvailability may stream, the others answer wire bytes")
+                inner, request_deserializer=deserializer)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -26,7 +26,7 @@ from availability_domain.rules import Rules
 DEFAULT_DEDUPE_HORIZON_MS = 7 * DAY_MS
 DEFAULT_LATENESS_HORIZON_MS = DAY_MS
 FRAME_PROTOCOL = 4
-"""Pickle protocol of a position's bytes in a snapshot (short strings, no framing)."""
+"""Pickle protocol of a position's own bytes in a snapshot (4: one-byte string lengths)."""
 HOUSEKEEPING_FRACTION = 8
 """Housekeeping runs each time the watermark advances by horizon / this."""
 
@@ -286,7 +286,6 @@ def _inventory(sku: str, dedupe_horizon_ms: int, lateness_horizon_ms: int,
                              *state)  # type: ignore[arg-type]
     inventory._pickled = pickled
     return inventory
-
 
 
 _RESERVATION_EVENTS = frozenset(
