@@ -37,6 +37,8 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m availability_api.codegen --check
+	@test -z "$$(gofmt -l benchmarks/loadgen)" || { echo "gofmt: run gofmt -w benchmarks/loadgen"; exit 1; }
+	cd benchmarks/loadgen && go vet .
 
 # Regenerates availability_api/generated/ from the .proto (never edit those files by hand).
 codegen: setup

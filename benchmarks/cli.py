@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grpc_.add_argument("--concurrency", type=_ints, help="BatchGet calls in flight "
                                                          "(default 1,16,64)")
     grpc_.add_argument("--seconds", type=float, help="seconds per measurement (default 10)")
+    grpc_.add_argument("--client", choices=("go", "python"),
+                       help="load generator: go (compiled from benchmarks/loadgen on first "
+                            "use; default) or python (grpcio in this process, which needs "
+                            "about as much CPU per call as the server it measures)")
 
     recovery = sub.add_parser("recovery", parents=[common], help="kill -9, restart, catch-up",
                               description=_doc("benchmarks.recovery"))
@@ -148,7 +152,7 @@ def _options(args: argparse.Namespace, scenario: str) -> tuple[Callable[..., Sce
     overrides = {name: getattr(args, name) for name in ("events", "skus", "systems", "rates",
                                                          "seconds", "burst_base", "concurrency",
                                                          "locations", "downtime", "history",
-                                                         "window")
+                                                         "window", "client")
                  if getattr(args, name, None) is not None}
     known = {f.name for f in dataclasses.fields(options)}
     options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if k in known})

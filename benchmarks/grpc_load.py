@@ -14,7 +14,10 @@ Servers, one at a time, each a process of its own, both grpc.aio:
   caught up);
 * the floor: benchmarks.grpc_baseline, the same answers from a Python dict.
 
-Measured from this process (client and server share the 2 cores):
+Measured by a load generator on the same 2 cores as the server: by default the Go
+program in ``benchmarks/loadgen`` (grpc-go, one connection, built on first use; see
+``benchmarks/loadgen_client.py``), or with ``--client python`` grpcio in this process
+(the figures then include a Python client's own CPU and GIL stalls next to the server):
 
 * single GetAvailability on channel web, SKUs drawn by Zipf popularity, open loop at
   fixed rates: each request is sent at its scheduled time without waiting for the
@@ -64,6 +67,7 @@ from availability_domain.inventory import SkuInventory
 from availability_domain.rules import load_rules
 from availability_domain.snapshots import SnapshotPublisher
 from benchmarks.kafka_util import Delivery, TopicJanitor, load_producer
+from benchmarks.loadgen_client import loadgen_binary, run_loadgen
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
 
@@ -85,8 +89,17 @@ class GrpcOptions:
     events: int = 200_000
     seed: int = 44
     rules: Path = RULES_200_STORES
+    client: str = "go"
+    """Load generator: "go" (benchmarks/loadgen, compiled) or "python" (grpcio)."""
 
 
+CLIENTS = ("go", "python")
+CLIENT_NOTES = {
+    "go": "load generator: benchmarks/loadgen (Go, grpc-go, one connection), a process of "
+          "its own",
+    "python": "load generator: grpcio in the benchmark process (one channel), which needs "
+              "about as much CPU per call as the server it measures",
+}
 SMOKE = GrpcOptions(rates=(200.0,), concurrency=(1, 4), seconds=0.5, skus=1_000, events=2_000)
 
 
@@ -251,6 +264,19 @@ def paced_gets(stub: pb_grpc.AvailabilityServiceStub, skus: list[str], rate: flo
             "round_trip": histogram_ms(round_trip)}
 
 
+def go_paced_gets(target: str, skus: list[str], rate: float, seconds: float
+                  ) -> dict[str, Any]:
+    """:func:`paced_gets` with the compiled load generator: same schedule, same figures."""
+    requests = [pb.GetAvailabilityRequest(channel=CHANNEL, sku=sku).SerializeToString()
+                for sku in zipf_skus(skus, max(1, int(rate * seconds)), int(rate))]
+    report = run_loadgen(target, "GetAvailability", requests, seconds, rate=rate)
+    failures = report["failures"]
+    return {"rate": rate, "achieved_rate": report["answered"] / report["elapsed_s"],
+            "found": report["found"], "failed": sum(failures.values()), "failures": failures,
+            "from_schedule": histogram_ms(report["from_schedule_us"]),
+            "round_trip": histogram_ms(report["round_trip_us"])}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -289,6 +315,28 @@ def batch_throughput(stub: pb_grpc.AvailabilityServiceStub, server_pid: int, sku
             "server_cpu_share": server_cpu / elapsed, "latency": histogram_ms(latencies)}
 
 
+def go_batch_throughput(target: str, server_pid: int, skus: list[str], batch: int,
+                        in_flight: int, seconds: float) -> dict[str, Any]:
+    """:func:`batch_throughput` with the compiled load generator."""
+    rng = random.Random(2)
+    requests = [pb.BatchGetAvailabilityRequest(
+        channel=CHANNEL, skus=[rng.choice(skus) for _ in range(batch)]).SerializeToString()
+        for _ in range(256)]
+    cpu_before = cpu_seconds(server_pid)
+    report = run_loadgen(target, "BatchGetAvailability", requests, seconds, in_flight=in_flight)
+    server_cpu = cpu_seconds(server_pid) - cpu_before
+    if report["failures"]:
+        raise RuntimeError(f"BatchGet calls failed: {report['failures']}")
+    wrong = {n: calls for n, calls in report["results_per_answer"].items() if n != batch}
+    if wrong:
+        raise RuntimeError(f"BatchGet answered other than {batch} results: {wrong}")
+    calls, elapsed = report["answered"], report["elapsed_s"]
+    return {"in_flight": in_flight, "calls": calls, "lookups_per_s": calls * batch / elapsed,
+            "lookups_per_server_cpu_s": calls * batch / server_cpu if server_cpu else None,
+            "server_cpu_share": server_cpu / elapsed,
+            "latency": histogram_ms(report["round_trip_us"])}
+
+
 @contextlib.contextmanager
 def no_client_gc() -> Iterator[None]:
     """No garbage collection in the load generator while it measures.
@@ -308,13 +356,15 @@ def measure(server: str, process: subprocess.Popen[str], target: str, skus: list
             options: GrpcOptions, log: Any) -> dict[str, Any]:
     channel = grpc.insecure_channel(target)
     stub = pb_grpc.AvailabilityServiceStub(channel)
+    go = options.client == "go"
     try:
         paced_gets(stub, skus, 500, min(1.0, options.seconds))  # warm-up
         gets = []
         for rate in options.rates:
             cpu_before = cpu_seconds(process.pid)
             with no_client_gc():
-                gets.append(paced_gets(stub, skus, rate, options.seconds))
+                gets.append(go_paced_gets(target, skus, rate, options.seconds) if go
+                            else paced_gets(stub, skus, rate, options.seconds))
             answered = gets[-1]["from_schedule"]["count"]
             gets[-1]["server_cpu_us_per_call"] = (
                 (cpu_seconds(process.pid) - cpu_before) / answered * 1e6 if answered else None)
@@ -324,8 +374,11 @@ def measure(server: str, process: subprocess.Popen[str], target: str, skus: list
         batches = []
         for in_flight in options.concurrency:
             with no_client_gc():
-                batches.append(batch_throughput(stub, process.pid, skus, options.batch,
-                                                in_flight, options.seconds))
+                batches.append(
+                    go_batch_throughput(target, process.pid, skus, options.batch, in_flight,
+                                        options.seconds) if go
+                    else batch_throughput(stub, process.pid, skus, options.batch, in_flight,
+                                          options.seconds))
             log(f"  {server}: BatchGet({options.batch}) x{in_flight} in flight: "
                 f"{batches[-1]['lookups_per_s']:,.0f} lookups/s")
     finally:
@@ -338,7 +391,11 @@ def run(brokers: str, options: GrpcOptions, out_dir: Path, smoke: bool = False,
     result = ScenarioResult("grpc", smoke, {
         "rates": list(options.rates), "concurrency": list(options.concurrency),
         "seconds": options.seconds, "batch": options.batch, "skus": options.skus,
-        "channel": CHANNEL})
+        "channel": CHANNEL, "client": options.client})
+    if options.client not in CLIENTS:
+        raise ValueError(f"--client {options.client!r}: choose one of {', '.join(CLIENTS)}")
+    if options.client == "go":
+        log(f"grpc: load generator {loadgen_binary()}")
     janitor = TopicJanitor(brokers)
     runs: list[dict[str, Any]] = []
     skus = retail_workload(skus=options.skus).sku_ids
@@ -370,9 +427,10 @@ def run(brokers: str, options: GrpcOptions, out_dir: Path, smoke: bool = False,
         finally:
             stop_server(process)
         jitter = []
-        for rate in options.rates:
-            with no_client_gc():
-                jitter.append(paced_baseline(rate, options.seconds))
+        if options.client == "python":
+            for rate in options.rates:
+                with no_client_gc():
+                    jitter.append(paced_baseline(rate, options.seconds))
     finally:
         janitor.delete_all()
     result.data["runs"] = runs
@@ -394,7 +452,7 @@ def _tables(result: ScenarioResult, runs: list[dict[str, Any]], jitter: list[dic
                          s["p999_ms"], s["max_ms"],
                          rt["p50_ms"], rt["p99_ms"], get.get("server_cpu_us_per_call"),
                          ratio(s["p99_ms"], floor_get["from_schedule"]["p99_ms"])])
-    for rate, j in zip(options.rates, jitter, strict=True):
+    for rate, j in zip(options.rates, jitter, strict=False):
         rows.append(["pacing loop alone, no call (client jitter)", f"{rate:,.0f}", None,
                      j["count"], None, j["p50_ms"], j["p99_ms"], j["p999_ms"], j["max_ms"], None,
                      None, None, None])
@@ -403,7 +461,8 @@ def _tables(result: ScenarioResult, runs: list[dict[str, Any]], jitter: list[dic
         ["server", "requests/s", "achieved/s", "answered", "failed", "p50", "p99", "p99.9", "max",
          "round trip p50", "round trip p99", "server CPU us per call", "p99 / floor p99"],
         rows,
-        ["p50..max measured from each request's scheduled send time (queueing included)"]))
+        ["p50..max measured from each request's scheduled send time (queueing included)",
+         CLIENT_NOTES[options.client]]))
     rows = []
     for r in runs:
         for batch, floor_batch in zip(r["batches"], floor["batches"], strict=True):
@@ -417,7 +476,7 @@ def _tables(result: ScenarioResult, runs: list[dict[str, Any]], jitter: list[dic
         ["server", "in flight", "calls", "SKU lookups/s", "vs floor", "call p50 ms",
          "call p99 ms", "lookups per server CPU-s", "server CPU share"], rows,
         ["client and server share the 2 cores; 'lookups per server CPU-s' is what the "
-         "server would do with a core to itself"]))
+         "server would do with a core to itself", CLIENT_NOTES[options.client]]))
     replica = next(r for r in runs if r["server"] == REPLICA)
     if smoke:
         return
