@@ -2,7 +2,7 @@
 
     inventory.events -> decode + validate --bad--> inventory.events.dlq
                                  |
-                              key by sku
+                  key by sku (a batch's events of a SKU travel together)
                                  |
            fold per SKU (positions, reservations, transfers, expiry timers)
                                  |
@@ -30,9 +30,10 @@ from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecord, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
 from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
 from dataflows.settings import EngineSettings
+from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, StoredState, now_ms
 
-Decoded = tuple[str, tuple[InventoryEvent, SourceRecord]] | OutgoingRecord
+Decoded = tuple[str, SkuEvents] | OutgoingRecord
 
 
 def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str, code: str
@@ -55,9 +56,8 @@ def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str,
 
 
 def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: SourceRecord
-           ) -> Decoded:
-    """A valid event comes out already keyed by its SKU (the fold's state key), saving a
-    separate key_on step on the hot path; an invalid one as its dead letter."""
+           ) -> InventoryEvent | OutgoingRecord:
+    """The valid event of a record, or the record's dead letter."""
     try:
         event = decode_event(codec, origin.value)
         check_event_time(event, now_ms(), max_future_skew_ms)
@@ -68,7 +68,27 @@ def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: Source
         EVENTS.labels("unknown", "invalid").inc()
         reason = f"cannot decode: {type(exc).__name__}: {shorten(str(exc), 200)}"
         return dead_letter(codec, dlq_topic, origin, reason, "undecodable")
-    return event.sku, (event, origin)
+    return event
+
+
+def decode_batch(codec: Codec, dlq_topic: str, max_future_skew_ms: int,
+                 records: list[SourceRecord]) -> list[Decoded]:
+    """A source batch as dead letters and, per SKU, its valid events keyed by the SKU
+    (the fold's state key): one item per SKU rather than per event crosses to the
+    SKU's worker (see :mod:`dataflows.sku_events`)."""
+    out: list[Decoded] = []
+    by_sku: dict[str, SkuEvents] = {}
+    for origin in records:
+        event = decode(codec, dlq_topic, max_future_skew_ms, origin)
+        if isinstance(event, OutgoingRecord):
+            out.append(event)
+            continue
+        group = by_sku.get(event.sku)
+        if group is None:
+            group = by_sku[event.sku] = SkuEvents()
+        group.append((event, origin))
+    out.extend(by_sku.items())
+    return out
 
 
 def is_keyed_event(item: Decoded) -> bool:
@@ -135,10 +155,10 @@ def build_flow(settings: EngineSettings, context: RunContext | Rules | None = No
         source = InventoryEventSource(settings.brokers, settings.topics.events,
                                       settings.batch_size)
     raw = op.input("events", flow, source)
-    decoded = op.map("decode", raw, partial(decode, codec, settings.topics.dlq,
-                                            settings.max_future_skew_ms))
+    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, codec, settings.topics.dlq,
+                                                       settings.max_future_skew_ms))
     split = op.branch("valid", decoded, is_keyed_event)
-    keyed: KeyedStream[tuple[InventoryEvent, SourceRecord]] = split.trues  # type: ignore[assignment]
+    keyed: KeyedStream[SkuEvents] = split.trues  # type: ignore[assignment]
     folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, context, codec))
     rejected: Stream[OutgoingRecord] = split.falses  # type: ignore[assignment]
     dead_letters = op.key_on("dlq_key", rejected, dead_letter_key)

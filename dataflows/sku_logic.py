@@ -19,7 +19,6 @@ from typing import Literal, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
-from availability_domain.events import InventoryEvent
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules
 from availability_domain.snapshots import (
@@ -32,6 +31,7 @@ from availability_domain.snapshots import (
 from dataflows.kafka_sink import OutgoingRecord
 from dataflows.kafka_source import SourceRecord
 from dataflows.metrics import count_events
+from dataflows.sku_events import SkuEvents
 
 InventoryFactory = Callable[[str], SkuInventory]
 Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot], list[str], int],
@@ -155,8 +155,7 @@ class StoredState(NamedTuple):
         return state
 
 
-class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord],
-                                              OutgoingRecord, bytes]):
+class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, OutgoingRecord, bytes]):
     """One SKU's fold and publishing.
 
     A SKU restored from a recovery snapshot starts *unconfirmed*: the run that crashed
@@ -188,10 +187,11 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
             self._stored = None
         return self._state
 
-    def on_batch(self, values: list[tuple[InventoryEvent, SourceRecord]]
-                 ) -> tuple[Iterable[OutgoingRecord], bool]:
+    def on_batch(self, values: list[SkuEvents]) -> tuple[Iterable[OutgoingRecord], bool]:
+        """``values``: the SKU's events of one or more source batches."""
+        first_event, first_origin = values[0][0]
         if self._loaded() is None:
-            self._state = SkuState(self.new_inventory(values[0][0].sku), SnapshotPublisher(),
+            self._state = SkuState(self.new_inventory(first_event.sku), SnapshotPublisher(),
                                    self.context.rules_fingerprint)
         assert self._state is not None
         inventory = self._state.inventory
@@ -199,16 +199,18 @@ class SkuAvailabilityLogic(StatefulBatchLogic[tuple[InventoryEvent, SourceRecord
         touched: set[str] = set()
         rejected: list[OutgoingRecord] = []
         results: Tally[tuple[str, str]] = Tally()
-        oldest = values[0][1].timestamp_ms
-        for event, origin in values:
-            outcome = inventory.apply_event(event, now)
-            results[event.event_type.value, outcome.status] += 1
-            if origin.timestamp_ms < oldest:
-                oldest = origin.timestamp_ms
-            if outcome.status == "applied":
-                touched.update(outcome.touched)
-            elif outcome.status == "rejected":
-                rejected.append(self.reject(origin, outcome.reason or "rejected", "too_late"))
+        oldest = first_origin.timestamp_ms
+        for group in values:
+            for event, origin in group:
+                outcome = inventory.apply_event(event, now)
+                results[event.event_type.value, outcome.status] += 1
+                if origin.timestamp_ms < oldest:
+                    oldest = origin.timestamp_ms
+                if outcome.status == "applied":
+                    touched.update(outcome.touched)
+                elif outcome.status == "rejected":
+                    rejected.append(self.reject(origin, outcome.reason or "rejected",
+                                                "too_late"))
         count_events(results)
         return self._publish(touched, now, oldest) + rejected, self.RETAIN
 

@@ -13,6 +13,7 @@ from availability_domain.rules import Rules
 from availability_domain.snapshots import PositionSnapshot
 from dataflows.kafka_sink import OutgoingRecord
 from dataflows.kafka_source import SourceRecord
+from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import (
     SNAPSHOT_MAGIC,
     RunContext,
@@ -74,9 +75,10 @@ HOLD = NOW + 3_600_000
 
 def _folded_logic() -> SkuAvailabilityLogic:
     logic = _logic(None, run=1)
-    logic.on_batch([_event(n, EventType.COUNT, 10 + n) for n in range(6)])
-    logic.on_batch([_event(9, EventType.RESERVATION_CREATED, 2, reservation_id="r1",
-                           channel="web", expires_at=HOLD)])
+    logic.on_batch([SkuEvents(_event(n, EventType.COUNT, 10 + n) for n in range(3)),
+                    SkuEvents(_event(n, EventType.COUNT, 10 + n) for n in range(3, 6))])
+    logic.on_batch([SkuEvents([_event(9, EventType.RESERVATION_CREATED, 2, reservation_id="r1",
+                                      channel="web", expires_at=HOLD)])])
     return logic
 
 
@@ -91,7 +93,7 @@ def test_a_restored_sku_answers_its_timer_from_the_header_and_acts_like_an_eager
     eager = _logic(stored.load())
     assert lazy.notify_at() == eager.notify_at() == datetime.fromtimestamp(HOLD / 1000, tz=UTC)
     assert lazy.snapshot() == snapshot  # untouched since the restore: the same bytes
-    more = [_event(n, EventType.SALE, 1) for n in range(20, 26)]
+    more = [SkuEvents(_event(n, EventType.SALE, 1) for n in range(20, 26))]
     lazy_out, _ = lazy.on_batch(more)
     eager_out, _ = eager.on_batch(more)
     assert list(lazy_out) == list(eager_out) and list(lazy_out)  # everything republished
