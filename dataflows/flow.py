@@ -26,14 +26,15 @@ from availability_domain.events import InventoryEvent, check_event_time, decode_
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules, load_rules
 from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot
-from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecord, OutgoingRecord
+from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecords, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
 from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
 from dataflows.settings import EngineSettings
 from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, StoredState, now_ms
 
-Decoded = tuple[str, SkuEvents] | OutgoingRecord
+Decoded = tuple[str, SkuEvents] | list[OutgoingRecord]
+"""A SKU's events of one batch, keyed by the SKU; or the batch's dead letters."""
 
 
 def dead_letter(codec: Codec, dlq_topic: str, origin: SourceRecord, reason: str, code: str
@@ -73,29 +74,31 @@ def decode(codec: Codec, dlq_topic: str, max_future_skew_ms: int, origin: Source
 
 def decode_batch(codec: Codec, dlq_topic: str, max_future_skew_ms: int,
                  records: list[SourceRecord]) -> list[Decoded]:
-    """A source batch as dead letters and, per SKU, its valid events keyed by the SKU
-    (the fold's state key): one item per SKU rather than per event crosses to the
-    SKU's worker (see :mod:`dataflows.sku_events`)."""
-    out: list[Decoded] = []
+    """A source batch as its dead letters (one list) and, per SKU, its valid events
+    keyed by the SKU (the fold's state key): one item per SKU rather than per event
+    crosses to the SKU's worker (see :mod:`dataflows.sku_events`)."""
+    dead: list[OutgoingRecord] = []
     by_sku: dict[str, SkuEvents] = {}
     for origin in records:
         event = decode(codec, dlq_topic, max_future_skew_ms, origin)
         if isinstance(event, OutgoingRecord):
-            out.append(event)
+            dead.append(event)
             continue
         group = by_sku.get(event.sku)
         if group is None:
             group = by_sku[event.sku] = SkuEvents()
         group.append((event, origin))
-    out.extend(by_sku.items())
+    out: list[Decoded] = list(by_sku.items())
+    if dead:
+        out.append(dead)
     return out
 
 
 def is_keyed_event(item: Decoded) -> bool:
-    return type(item) is not OutgoingRecord
+    return type(item) is tuple
 
 
-def dead_letter_key(record: OutgoingRecord) -> str:
+def dead_letter_key(records: list[OutgoingRecord]) -> str:
     """Dead letters join the fold's keyed output, so the sink sees one shape and the
     hot path needs no un-keying step."""
     return "dead-letter"
@@ -141,7 +144,7 @@ def build_logic(settings: EngineSettings, context: RunContext, codec: Codec,
 
 def build_flow(settings: EngineSettings, context: RunContext | Rules | None = None, *,
                source: Source[SourceRecord] | None = None,
-               sink: Sink[KeyedRecord] | None = None) -> Dataflow:
+               sink: Sink[KeyedRecords] | None = None) -> Dataflow:
     """The availability dataflow. ``source`` and ``sink`` default to the Kafka topics of
     ``settings``; tests pass Bytewax's testing source and sink to run it in process."""
     if context is None:
@@ -160,7 +163,7 @@ def build_flow(settings: EngineSettings, context: RunContext | Rules | None = No
     split = op.branch("valid", decoded, is_keyed_event)
     keyed: KeyedStream[SkuEvents] = split.trues  # type: ignore[assignment]
     folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, context, codec))
-    rejected: Stream[OutgoingRecord] = split.falses  # type: ignore[assignment]
+    rejected: Stream[list[OutgoingRecord]] = split.falses  # type: ignore[assignment]
     dead_letters = op.key_on("dlq_key", rejected, dead_letter_key)
     out = op.merge("all_output", folded, dead_letters)
     op.output("kafka", out, sink if sink is not None else ConfirmedKafkaSink(settings.brokers))

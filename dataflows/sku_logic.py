@@ -155,7 +155,12 @@ class StoredState(NamedTuple):
         return state
 
 
-class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, OutgoingRecord, bytes]):
+def _one_item(records: list[OutgoingRecord]) -> list[list[OutgoingRecord]]:
+    """A call's records leave the fold as one item (see ``kafka_sink.KeyedRecords``)."""
+    return [records] if records else []
+
+
+class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], bytes]):
     """One SKU's fold and publishing.
 
     A SKU restored from a recovery snapshot starts *unconfirmed*: the run that crashed
@@ -187,7 +192,8 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, OutgoingRecord, bytes])
             self._stored = None
         return self._state
 
-    def on_batch(self, values: list[SkuEvents]) -> tuple[Iterable[OutgoingRecord], bool]:
+    def on_batch(self, values: list[SkuEvents]
+                 ) -> tuple[Iterable[list[OutgoingRecord]], bool]:
         """``values``: the SKU's events of one or more source batches."""
         first_event, first_origin = values[0][0]
         if self._loaded() is None:
@@ -212,17 +218,17 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, OutgoingRecord, bytes])
                     rejected.append(self.reject(origin, outcome.reason or "rejected",
                                                 "too_late"))
         count_events(results)
-        return self._publish(touched, now, oldest) + rejected, self.RETAIN
+        return _one_item(self._publish(touched, now, oldest) + rejected), self.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[OutgoingRecord], bool]:
+    def on_notify(self) -> tuple[Iterable[list[OutgoingRecord]], bool]:
         state = self._loaded()
         if state is None:
             return [], self.RETAIN
         now = now_ms()
         if self._pending != "none":
-            return self._republish(now, -1, self._pending == "everything"), self.RETAIN
+            return _one_item(self._republish(now, -1, self._pending == "everything")), self.RETAIN
         touched = state.inventory.expire(now)
-        return self._publish(set(touched), now, -1), self.RETAIN
+        return _one_item(self._publish(set(touched), now, -1)), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self._stored is None and self._state is None:

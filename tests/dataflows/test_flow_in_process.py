@@ -2,7 +2,8 @@
 
 ``build_flow`` is given a ``TestingSource`` of :class:`SourceRecord` items (payloads
 encoded with the real :class:`Codec`, as the Kafka source would hand them on) and a
-``TestingSink``; what the sink receives, (state key, :class:`OutgoingRecord`), is decoded
+``TestingSink``; what the sink receives, (state key, the records of one call of its logic),
+flattened to (state key, :class:`OutgoingRecord`) pairs, is decoded
 the way a consumer of the topics would read it and compared with the in-process fold of
 ``test_recovery.py``. The same properties as the Kafka scenarios, in a second or two:
 
@@ -44,7 +45,7 @@ from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import Rules, parse_rules
 from benchmarks.rules import render_rules
 from dataflows.flow import build_flow
-from dataflows.kafka_sink import KeyedRecord
+from dataflows.kafka_sink import KeyedRecord, KeyedRecords
 from dataflows.kafka_source import SourceRecord
 from dataflows.settings import EngineSettings
 from dataflows.sku_logic import RunContext
@@ -126,12 +127,12 @@ def run_flow(rules: Rules, items: Sequence[Any], recovery_dir: Path | None = Non
     source of the aborted one (the TestingSource resumes from its snapshot index).
     """
     settings = settings_for(recovery_dir)
-    out: list[KeyedRecord] = []
+    out: list[KeyedRecords] = []
     flow = build_flow(settings, run_context(rules, recovery_dir),
                       source=TestingSource(items, batch_size=batch_size), sink=TestingSink(out))
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
     run_main(flow, epoch_interval=epoch_interval, recovery_config=recovery)
-    return out
+    return [(key, record) for key, records in out for record in records]
 
 
 def new_recovery_dir(path: Path) -> Path:
