@@ -27,7 +27,6 @@ class OutgoingRecord(NamedTuple):
     """Kafka timestamp of the oldest input that caused it, for the freshness metric."""
 
 
-KeyedRecord = tuple[str, OutgoingRecord]
 KeyedRecords = tuple[str, list[OutgoingRecord]]
 """What reaches the sink: (state key, the records one call of that key's logic made).
 One item per call rather than per record: Bytewax's cost is per item."""

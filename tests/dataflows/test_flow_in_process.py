@@ -45,7 +45,7 @@ from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import Rules, parse_rules
 from benchmarks.rules import render_rules
 from dataflows.flow import build_flow
-from dataflows.kafka_sink import KeyedRecord, KeyedRecords
+from dataflows.kafka_sink import KeyedRecords, OutgoingRecord
 from dataflows.kafka_source import SourceRecord
 from dataflows.settings import EngineSettings
 from dataflows.sku_logic import RunContext
@@ -62,6 +62,9 @@ BATCH = 100
 
 Tables = tuple[dict[str, tuple[int, ...]], dict[str, int]]
 """(position key -> QUANTITIES, channel key -> ats): the shape of ``fold_in_process``."""
+
+KeyedRecord = tuple[str, OutgoingRecord]
+"""One record the sink received, with its state key."""
 
 
 def rules_a() -> Rules:
