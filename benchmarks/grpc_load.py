@@ -220,6 +220,21 @@ def zipf_skus(skus: list[str], count: int, seed: int) -> list[str]:
     return [skus[bisect(cumulative, rng.random() * total)] for _ in range(count)]
 
 
+def get_requests(skus: list[str], rate: float, seconds: float
+                 ) -> list[pb.GetAvailabilityRequest]:
+    """One level's single Gets: SKUs by Zipf popularity, the same for either client."""
+    return [pb.GetAvailabilityRequest(channel=CHANNEL, sku=sku)
+            for sku in zipf_skus(skus, max(1, int(rate * seconds)), int(rate))]
+
+
+def batch_requests(skus: list[str], batch: int) -> list[pb.BatchGetAvailabilityRequest]:
+    """256 listing pages of ``batch`` SKUs, uniform over the catalogue, sent in turn."""
+    rng = random.Random(2)
+    return [pb.BatchGetAvailabilityRequest(channel=CHANNEL,
+                                           skus=[rng.choice(skus) for _ in range(batch)])
+            for _ in range(256)]
+
+
 def paced_gets(stub: pb_grpc.AvailabilityServiceStub, skus: list[str], rate: float,
                seconds: float) -> dict[str, Any]:
     """Open-loop single Gets at ``rate``/s: latency from schedule and bare round trip.
@@ -228,8 +243,7 @@ def paced_gets(stub: pb_grpc.AvailabilityServiceStub, skus: list[str], rate: flo
     (futures; completion stamped by a callback), as independent web requests would be,
     so the figures are the server's and not a single client's queue.
     """
-    requests = [pb.GetAvailabilityRequest(channel=CHANNEL, sku=sku)
-                for sku in zipf_skus(skus, max(1, int(rate * seconds)), int(rate))]
+    requests = get_requests(skus, rate, seconds)
     interval, start = 1.0 / rate, time.perf_counter() + 0.01
     sent = [0.0] * len(requests)
     done = [0.0] * len(requests)
@@ -267,8 +281,7 @@ def paced_gets(stub: pb_grpc.AvailabilityServiceStub, skus: list[str], rate: flo
 def go_paced_gets(target: str, skus: list[str], rate: float, seconds: float
                   ) -> dict[str, Any]:
     """:func:`paced_gets` with the compiled load generator: same schedule, same figures."""
-    requests = [pb.GetAvailabilityRequest(channel=CHANNEL, sku=sku).SerializeToString()
-                for sku in zipf_skus(skus, max(1, int(rate * seconds)), int(rate))]
+    requests = [request.SerializeToString() for request in get_requests(skus, rate, seconds)]
     report = run_loadgen(target, "GetAvailability", requests, seconds, rate=rate)
     failures = report["failures"]
     return {"rate": rate, "achieved_rate": report["answered"] / report["elapsed_s"],
@@ -286,10 +299,7 @@ def cpu_seconds(pid: int) -> float:
 def batch_throughput(stub: pb_grpc.AvailabilityServiceStub, server_pid: int, skus: list[str],
                      batch: int, in_flight: int, seconds: float) -> dict[str, Any]:
     """Closed loop with ``in_flight`` calls outstanding (requests built beforehand)."""
-    rng = random.Random(2)
-    requests = [pb.BatchGetAvailabilityRequest(channel=CHANNEL,
-                                               skus=[rng.choice(skus) for _ in range(batch)])
-                for _ in range(256)]
+    requests = batch_requests(skus, batch)
     pending: deque[tuple[float, grpc.Future]] = deque()
     calls = 0
     latencies: list[int] = []
@@ -318,10 +328,7 @@ def batch_throughput(stub: pb_grpc.AvailabilityServiceStub, server_pid: int, sku
 def go_batch_throughput(target: str, server_pid: int, skus: list[str], batch: int,
                         in_flight: int, seconds: float) -> dict[str, Any]:
     """:func:`batch_throughput` with the compiled load generator."""
-    rng = random.Random(2)
-    requests = [pb.BatchGetAvailabilityRequest(
-        channel=CHANNEL, skus=[rng.choice(skus) for _ in range(batch)]).SerializeToString()
-        for _ in range(256)]
+    requests = [request.SerializeToString() for request in batch_requests(skus, batch)]
     cpu_before = cpu_seconds(server_pid)
     report = run_loadgen(target, "BatchGetAvailability", requests, seconds, in_flight=in_flight)
     server_cpu = cpu_seconds(server_pid) - cpu_before
