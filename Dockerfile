@@ -6,9 +6,10 @@
 #   docker run --rm availability-engine --help
 #   docker run --rm availability-engine engine --help
 #
-# Two stages: the first installs the project and its dependencies (all of them ship
-# manylinux wheels for CPython 3.11, so no compiler is needed) into /opt/venv; the
-# second copies only that venv onto a fresh slim base and runs as an unprivileged user.
+# Two stages: the first installs the project and its dependencies (they ship manylinux
+# wheels for CPython 3.11; the project's compiled codec, native/, is built there with
+# Debian's cargo) into /opt/venv; the second copies only that venv onto a fresh slim
+# base, without the compiler, and runs as an unprivileged user.
 # docker-compose.yml runs `topics create`, the engine and the gRPC API from this image
 # (next to the official Kafka and Prometheus images).
 
@@ -16,6 +17,9 @@ FROM python:3.11-slim AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends cargo \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -32,6 +36,7 @@ COPY availability_domain/ availability_domain/
 COPY availability_kafka/ availability_kafka/
 COPY dataflows/ dataflows/
 COPY schemas/ schemas/
+COPY native/ native/
 # The pip cache lives in a BuildKit cache mount, not in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install . \

@@ -1,18 +1,22 @@
 # Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
-# Both create the venv and install what they need; Kafka is fetched from Maven Central.
+# Both create the venv and install what they need (the compiled codec of native/ is
+# built with the machine's cargo); Kafka is fetched from Maven Central.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow lint codegen demo bench kafka-start kafka-stop clean
+.PHONY: setup test test-slow lint codegen demo bench wheel kafka-start kafka-stop clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Rebuilt when the compiled codec's sources change, too.
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/Cargo.lock native/src/*.rs
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "Java 17+ and Maven are needed to run the local Kafka broker (apt-get install openjdk-17-jre-headless maven)"; exit 1; }
+	@command -v cargo >/dev/null || { \
+	  echo "Rust's cargo (1.74+) is needed to build the compiled codec in native/ (apt-get install cargo, or rustup)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -31,7 +35,8 @@ test-slow: setup
 	  if [ $$status -eq 5 ]; then echo "no test is marked slow"; exit 0; fi; exit $$status
 
 # Style, the layer contract (pyproject.toml [tool.importlinter]), types (strict for the
-# domain and the contracts), and generated gRPC code up to date with the .proto.
+# domain and the contracts), generated gRPC code up to date with the .proto, and the Go
+# load generator and the Rust codec formatted and vetted.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
@@ -39,6 +44,7 @@ lint: setup
 	$(BIN)/python -m availability_api.codegen --check
 	@test -z "$$(gofmt -l benchmarks/loadgen)" || { echo "gofmt: run gofmt -w benchmarks/loadgen"; exit 1; }
 	cd benchmarks/loadgen && go vet .
+	cd native && cargo fmt --check && PYO3_PYTHON=$(abspath $(BIN))/python cargo clippy --quiet --release --locked -- -D warnings
 
 # Regenerates availability_api/generated/ from the .proto (never edit those files by hand).
 codegen: setup
@@ -51,6 +57,14 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks $(ARGS)
 
+# A wheel of the product with the compiled codec inside (CI builds one to prove it).
+wheel: setup
+	rm -rf dist
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/python -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
+	  sys.exit(0 if any(n.startswith('availability_contracts/_avro') and n.endswith('.so') for n in names) \
+	  else 'the wheel lacks the compiled codec availability_contracts/_avro')"
+
 kafka-start: setup
 	$(BIN)/availability kafka start
 
@@ -58,4 +72,4 @@ kafka-stop: setup
 	$(BIN)/availability kafka stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist native/target availability_contracts/_avro*.so

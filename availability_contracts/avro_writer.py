@@ -13,8 +13,12 @@ from typing import Any
 
 from availability_contracts.schemas import CHANNEL_SCHEMA, POSITION_SCHEMA, field_names
 
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
 
 def _encode_long(value: int) -> bytes:
+    if not _LONG_MIN <= value <= _LONG_MAX:
+        raise OverflowError("a snapshot number is outside the range of an Avro long")
     n = (value << 1) ^ (value >> 63)
     out = bytearray()
     while n > 0x7F:

@@ -23,8 +23,7 @@ from typing import Any, cast
 
 import fastavro
 
-from availability_contracts import avro_writer
-from availability_contracts.avro_reader import read_inventory_event
+from availability_contracts import hot_codec
 from availability_contracts.errors import InvalidEvent, shorten
 from availability_contracts.registry import (
     IncompatibleSchema,
@@ -62,8 +61,8 @@ DEAD_LETTER_KEY_LIMIT = 1_024
 
 
 _FAST_WRITERS = {
-    POSITION_SCHEMA: avro_writer.position_record,
-    CHANNEL_SCHEMA: avro_writer.channel_record,
+    POSITION_SCHEMA: hot_codec.position_record,
+    CHANNEL_SCHEMA: hot_codec.channel_record,
 }
 
 
@@ -168,7 +167,7 @@ class Codec:
                 return self.decode(EVENT_SCHEMA, data)
             start = _HEADER.size
         try:
-            record, end = read_inventory_event(data, start)
+            record, end = hot_codec.read_inventory_event(data, start)
         except InvalidEvent as exc:
             raise InvalidEvent(f"cannot decode Avro {EVENT_SCHEMA}: {exc}", exc.code) from None
         if end != len(data):

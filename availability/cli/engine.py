@@ -22,10 +22,15 @@ from availability.cli.registry_options import (
     registry_member_args,
     registry_settings,
 )
+from availability_contracts import hot_codec
 from availability_contracts.times import HOUR_MS, MINUTE_MS
 from availability_kafka.config import KafkaConnection
 from dataflows.cluster import EXIT_PEER_LOST
 from dataflows.settings import EngineSettings
+
+CODEC_NOTE = f"Avro codec: {hot_codec.IMPLEMENTATION}" + (
+    "" if hot_codec.IMPLEMENTATION == "compiled"
+    else " (pure Python: slower; AVAILABILITY_PURE_PYTHON is set or native/ was not built)")
 
 if TYPE_CHECKING:
     from dataflows.runner import Membership
@@ -185,11 +190,12 @@ def run(args: argparse.Namespace) -> int:
     if spec is not None:
         print(f"engine: member {spec.process_id} of {spec.members}; recovery dir "
               f"{args.recovery_dir}; reading {settings.topics.events} on {args.brokers}; "
-              f"start-up check on port {spec.check_address(spec.process_id)[1]}", flush=True)
+              f"start-up check on port {spec.check_address(spec.process_id)[1]}; "
+              f"{CODEC_NOTE}", flush=True)
         return _run_member(settings, Membership(spec, partitions, kafka_cluster))
     print(f"engine: recovery {'created' if fresh else 'resumed'} at {args.recovery_dir}; "
-          f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}",
-          flush=True)
+          f"{args.processes} process(es); reading {settings.topics.events} on {args.brokers}; "
+          f"{CODEC_NOTE}", flush=True)
     if args.processes == 1:
         return _run_member(settings)
     argv = [*member_command(), *_member_args(args)]
