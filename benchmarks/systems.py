@@ -27,6 +27,9 @@ RELEASE_2 = "release-2p"
 LOOP = "loop"
 QUIX = "quix"
 ALL_SYSTEMS = (RELEASE_1, RELEASE_2, ENGINE_1, ENGINE_2, LOOP, QUIX)
+PEERS = (LOOP, QUIX)
+"""Run with the project's pure-Python codec and domain (``AVAILABILITY_PURE_PYTHON``),
+as a team building the same on those tools would; the engine uses its compiled codec."""
 
 RELEASE_COMMIT = "a393a11a5de4d1a73bdfe5f179e1d6c2ae979205"
 """v0.1, the engine before the performance work: the baseline the goals are relative to,
@@ -112,6 +115,8 @@ def start(name: str, brokers: str, topics: TopicNames, rules: Path, work: Path |
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}.log"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if name in PEERS:
+        env["AVAILABILITY_PURE_PYTHON"] = "1"  # see PEERS
     cwd = None
     if name in (RELEASE_1, RELEASE_2):
         cwd = release_checkout()

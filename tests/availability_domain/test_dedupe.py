@@ -7,7 +7,7 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from availability_domain.dedupe import CHUNK_IDS, RememberedIds
+from availability_domain.dedupe import CHUNK_IDS, RememberedIds, _restore
 
 operations = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(0, 5_000), st.integers(0, 1_000)),
@@ -59,3 +59,34 @@ def test_a_plain_dict_from_an_older_snapshot_is_taken_over() -> None:
     ids = {f"e{n}": n for n in range(CHUNK_IDS + 5)}
     remembered = RememberedIds(ids)
     assert remembered == ids and len(remembered._sealed) == 1
+
+
+def test_a_snapshot_copies_the_open_chunk_as_pickled_when_each_id_arrived() -> None:
+    remembered = RememberedIds()
+    for n in range(300):
+        remembered.add(f"event-{n:08d}", n)
+    before = bytes(remembered._open_pickled)
+    remembered.add("one-more", 10**6)
+    assert bytes(remembered._open_pickled).startswith(before)
+    snapshot = pickle.dumps(remembered)
+    assert bytes(remembered._open_pickled) in snapshot
+    assert pickle.loads(snapshot) == remembered
+
+
+def test_a_later_time_survives_restores_and_forgets() -> None:
+    remembered = RememberedIds(chunk=4)
+    for n in range(10):
+        remembered.add(f"r{n}", n)
+    remembered.set_later("r1", 50)
+    remembered = pickle.loads(pickle.dumps(remembered))
+    assert remembered.get("r1") == 50
+    remembered.forget_before(5)
+    remembered = pickle.loads(pickle.dumps(remembered))
+    assert sorted(remembered) == ["r1", "r5", "r6", "r7", "r8", "r9"]
+
+
+def test_an_open_chunk_from_an_older_snapshot_as_a_list_is_taken_over() -> None:
+    older = _restore([], [("a", 1), ("b", 2)], CHUNK_IDS)
+    assert older == {"a": 1, "b": 2}
+    older.add("c", 3)
+    assert pickle.loads(pickle.dumps(older)) == {"a": 1, "b": 2, "c": 3}
