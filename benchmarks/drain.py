@@ -288,8 +288,10 @@ def run(brokers: str, options: DrainOptions, out_dir: Path, smoke: bool = False,
          "Quix publishes per event (no batch hook), the engine and the loop per batch and "
          "SKU, so 'snapshots out' differs; the final tables must not",
          "vs release: against the faster of the previous release's runs (v0.1, from a git "
-         "worktree of its commit, same machine, same backlog, this run); the loop and Quix "
-         "use the pure-Python domain code"]))
+         "worktree of its commit, same machine, same backlog, this run)",
+         "the engine decodes and encodes Avro with its compiled codec (native/); the loop "
+         "and Quix use the pure-Python domain code and codec, as teams on those tools "
+         "would (AVAILABILITY_PURE_PYTHON=1)"]))
     _targets(result, by_name, release_rate, quix_rate)
     _chart(result, outcomes, out_dir)
     return result
