@@ -225,6 +225,11 @@ class Member:
                                  ) from None
 
 
+# Slow: ~30 s of the default suite's 10-minute budget; and twice in four fresh-clone CI
+# runs of the full default suite (at ~9:55, a loaded machine) member 0 did not exit
+# within 60 s of the SIGTERM that stops the restarted 2-member cluster. That is an open
+# shutdown race (see the issue notes), not fixed: CI still runs this in `make test-slow`.
+@pytest.mark.slow
 @pytest.mark.parametrize("topics", [6], indirect=True)  # divisible by 2 and 3 members
 def test_members_on_separate_hosts_survive_kill_9_and_grow_from_two_to_three(
         brokers: str, topics: TopicNames, codec: Codec, tmp_path: Path,
