@@ -110,3 +110,22 @@ def test_a_snapshot_written_before_the_header_format_still_restores() -> None:
     assert isinstance(restored, SkuState)
     assert _logic(restored).notify_at() == datetime.fromtimestamp(HOLD / 1000, tz=UTC)
     assert StoredState.parse(pickle.dumps(None)) is None
+
+
+def _published_keys(out: object) -> set[str]:
+    return {record.key for item in out for record in item  # type: ignore[attr-defined]
+            if record.topic == "positions"}
+
+
+def test_a_restored_sku_republishes_everything_even_when_its_replayed_batch_changes_nothing(
+        ) -> None:
+    """The crashed run may have applied and published an event this run rejects or drops
+    as a duplicate; the consumers must not keep that run's number."""
+    logic = _folded_logic()
+    every_key = {f"SKU-1|S{n}" for n in range(3)}
+    restored = _logic(StoredState.parse(logic.snapshot()))
+    replayed = [SkuEvents(_event(n, EventType.COUNT, 10 + n) for n in range(6))]  # duplicates
+    out, _ = restored.on_batch(replayed)
+    assert _published_keys(out) == every_key
+    again, _ = restored.on_batch(replayed)  # confirmed now: a duplicate publishes nothing
+    assert list(again) == []
