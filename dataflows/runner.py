@@ -61,11 +61,22 @@ change (see docs/semantics.md)."""
 SIGNALLED = threading.Event()
 """A stop signal arrived (a stop asked by a cluster peer is not one)."""
 
+REPEAT_WINDOW_S = 2.0
+"""A stop signal this soon after the first is the same request delivered twice (a
+harness or supervisor that signals again while waiting, a process-group SIGINT that
+also reaches a supervised member through its parent): it does not abort."""
+
+_first_signal_at: list[float] = []
+
 
 def _request_stop(signum: int, frame: object) -> None:
-    """First signal: let the flow drain and finish its epoch; a second one aborts."""
+    """First signal: let the flow drain and finish its epoch; another one, at least
+    :data:`REPEAT_WINDOW_S` later, aborts."""
     if SIGNALLED.is_set():
+        if time.monotonic() - _first_signal_at[0] < REPEAT_WINDOW_S:
+            return
         raise KeyboardInterrupt
+    _first_signal_at[:] = [time.monotonic()]
     SIGNALLED.set()
     STOP_REQUESTED.set()
 
@@ -234,7 +245,15 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
             def stop_all(signum: int, frame: object) -> None:
                 if not SIGNALLED.is_set() and not STOP_REQUESTED.is_set():
                     check.tell_peers_to_stop()
-                _request_stop(signum, frame)
+                try:
+                    _request_stop(signum, frame)
+                except KeyboardInterrupt:
+                    # Bytewax's abort (KeyboardInterrupt in cli_main) drops only this
+                    # member's dataflow: its peers wait for that member's progress
+                    # forever and it waits for them, joining its network threads. Exit
+                    # as a kill -9 would: the peers see the lost member and exit 3.
+                    print("engine: aborted", flush=True)
+                    os._exit(130)
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, stop_all)

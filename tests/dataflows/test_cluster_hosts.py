@@ -214,8 +214,8 @@ class Member:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
+    def stop(self, signal_it: bool = True) -> int:
+        if signal_it and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(60)
@@ -225,10 +225,9 @@ class Member:
                                  ) from None
 
 
-# Slow: ~30 s of the default suite's 10-minute budget; and twice in four fresh-clone CI
-# runs of the full default suite (at ~9:55, a loaded machine) member 0 did not exit
-# within 60 s of the SIGTERM that stops the restarted 2-member cluster. That is an open
-# shutdown race (see the issue notes), not fixed: CI still runs this in `make test-slow`.
+# Slow: ~30 s of the default suite's 10-minute budget. Its stop of the restarted cluster
+# once hung on a loaded machine: member 0 got a second SIGTERM from stop() after its
+# signal handler had run, aborted alone and deadlocked with its peer (see runner.py).
 @pytest.mark.slow
 @pytest.mark.parametrize("topics", [6], indirect=True)  # divisible by 2 and 3 members
 def test_members_on_separate_hosts_survive_kill_9_and_grow_from_two_to_three(
@@ -299,7 +298,7 @@ def test_members_on_separate_hosts_survive_kill_9_and_grow_from_two_to_three(
         wait_for(lambda: _consumed(read_side, api, brokers, topics), 120,
                  "the read sides to catch up before the cluster grows", interval=0.5)
         members[0].process.send_signal(signal.SIGTERM)  # one member's stop stops all
-        assert [member.stop() for member in members] == [0, 0], [m.log() for m in members]
+        assert [m.stop(signal_it=False) for m in members] == [0, 0], [m.log() for m in members]
         assert "member 0 is stopping; stopping with it" in members[1].log()
 
         grown_at = time.monotonic()
