@@ -209,3 +209,58 @@ def test_publisher_pickles_with_its_versions() -> None:
     harness.inventory = pickle.loads(pickle.dumps(harness.inventory))
     positions, _ = harness.apply(ev("2", "SALE", 1, at=1))
     assert positions[0].version == 2
+
+
+def _published_state(publisher: SnapshotPublisher) -> tuple[object, ...]:
+    return publisher.positions, publisher.channels, publisher._position_records
+
+
+def test_a_restored_publisher_holds_the_same_record_and_carries_on_identically() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    harness.apply(ev("2", "RECEIPT", 4, location="S1", at=1))
+    harness.apply(ev("3", "RECEIPT", 2, location="S2", at=2))
+    restored = pickle.loads(pickle.dumps(harness.publisher))
+    assert _published_state(restored) == _published_state(harness.publisher)
+    twin = Harness()
+    twin.inventory, twin.publisher, twin.clock = (
+        pickle.loads(pickle.dumps(harness.inventory)), restored, harness.clock)
+    more = [ev("4", "SALE", 1, at=3), ev("5", "SALE", 1, location="S1", at=4)]
+    assert [harness.apply(event) for event in more] == [twin.apply(event) for event in more]
+    assert _published_state(twin.publisher) == _published_state(harness.publisher)
+
+
+def test_a_channel_key_the_rules_drop_leaves_the_snapshot_record_too() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 3, location="S1"))
+    without_pickup = parse_rules({"locations": {"DC1": {"type": "dc"}, "S1": {"type": "store"},
+                                                "S2": {"type": "store"}},
+                                  "channels": {"web": {"location_types": ["dc"]}}}, "test")
+    result = harness.publisher.republish(harness.inventory, without_pickup, T0, 9,
+                                         snapshots.count_versions, everything=False)
+    assert result.deleted_channels == ["pickup|A|S1"]
+    restored = pickle.loads(pickle.dumps(harness.publisher))
+    assert ("pickup", "S1") not in restored.channels
+    assert _published_state(restored) == _published_state(harness.publisher)
+
+
+def test_a_publisher_snapshot_from_before_the_fixed_width_records_still_loads() -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    harness.apply(ev("2", "RECEIPT", 4, location="S1", at=1))
+    publisher = harness.publisher
+    restored = snapshots._publisher(  # what unpickling such a snapshot calls
+        {location: (tuple(quantities), version)
+         for location, (quantities, version) in publisher.positions.items()},
+        publisher.channels)
+    assert _published_state(restored) == _published_state(publisher)
+
+
+def test_quantities_beyond_32_bits_survive_the_snapshot() -> None:
+    harness = Harness()
+    for n in range(3):
+        harness.apply(ev(f"r{n}", "RECEIPT", 1_000_000_000, at=n))
+    harness.apply(ev("s", "SALE", 1, at=3))
+    restored = pickle.loads(pickle.dumps(harness.publisher))
+    assert restored.positions["DC1"][0].on_hand == 2_999_999_999
+    assert _published_state(restored) == _published_state(harness.publisher)
