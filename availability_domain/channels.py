@@ -35,16 +35,20 @@ class ChannelAvailability:
     locations: tuple[LocationContribution, ...]
 
 
+def pooled_quantity(rule: ChannelRule, quantities: PositionQuantities) -> int:
+    """What one eligible position adds to a channel's pool: ats [+ in_transit]."""
+    if rule.include_in_transit:
+        return quantities.ats + quantities.in_transit
+    return quantities.ats
+
+
 def pool(rule: ChannelRule, members: Iterable[PositionQuantities]) -> tuple[int, int]:
-    """What a channel pools from its eligible positions: (sum of ats [+ in_transit],
-    latest as_of)."""
+    """What a channel pools from its eligible positions: (sum of
+    :func:`pooled_quantity`, latest as_of)."""
     pooled = 0
     as_of = 0
-    with_transit = rule.include_in_transit
     for quantities in members:
-        pooled += quantities.ats
-        if with_transit:
-            pooled += quantities.in_transit
+        pooled += pooled_quantity(rule, quantities)
         if quantities.as_of > as_of:
             as_of = quantities.as_of
     return pooled, as_of

@@ -10,12 +10,18 @@ caller's choice (:data:`NextVersion`): the engine uses a clock that survives cra
 
 from __future__ import annotations
 
+import bisect
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from availability_contracts.keys import channel_key, position_key
-from availability_domain.channels import LocationContribution, channel_ats, pool
+from availability_domain.channels import (
+    LocationContribution,
+    channel_ats,
+    pool,
+    pooled_quantity,
+)
 from availability_domain.inventory import PositionQuantities, SkuInventory
 from availability_domain.rules import ChannelRule, Rules
 
@@ -126,6 +132,55 @@ ChannelSlot = tuple[str, str | None]
 """(channel, location_id or None for a pooled channel)."""
 
 
+class ChannelPool:
+    """A pooled channel's sum and latest ``as_of`` over its members' published
+    quantities, and their contributions, kept up to date as members change: a channel
+    pooling 200 locations is not re-added from scratch for each of its snapshots.
+
+    Derived state (rebuilt after a restore); the result always equals
+    :func:`~availability_domain.channels.pool` over the members.
+    """
+
+    __slots__ = ("as_of", "contributions", "index", "rule", "total")
+
+    def __init__(self, rule: ChannelRule, members: list[str],
+                 published: dict[str, tuple[PositionQuantities, int]]) -> None:
+        quantities = [published[member][0] for member in members]
+        self.rule = rule
+        self.total, self.as_of = pool(rule, quantities)
+        self.index = {member: at for at, member in enumerate(members)}
+        self.contributions = [LocationContribution(member, q.ats, q.in_transit)
+                              for member, q in zip(members, quantities, strict=True)]
+
+    def add(self, location_id: str, quantities: PositionQuantities) -> None:
+        """A new member, in location order."""
+        contribution = LocationContribution(location_id, quantities.ats, quantities.in_transit)
+        at = bisect.bisect_left(self.contributions, contribution)
+        self.contributions.insert(at, contribution)
+        self.index = {member.location_id: at
+                      for at, member in enumerate(self.contributions)}
+        self.total += pooled_quantity(self.rule, quantities)
+        if quantities.as_of > self.as_of:
+            self.as_of = quantities.as_of
+
+    def update(self, location_id: str, old: PositionQuantities, new: PositionQuantities
+               ) -> bool:
+        """Take a member's new quantities; False when the pool must be rebuilt instead
+        (the latest ``as_of`` went back)."""
+        at = self.index.get(location_id)
+        if at is None:
+            return True
+        if new.as_of < old.as_of and old.as_of >= self.as_of:
+            return False
+        self.total += pooled_quantity(self.rule, new) - pooled_quantity(self.rule, old)
+        if new.as_of > self.as_of:
+            self.as_of = new.as_of
+        if new.ats != old.ats or new.in_transit != old.in_transit:
+            self.contributions[at] = LocationContribution(location_id, new.ats,
+                                                          new.in_transit)
+        return True
+
+
 class SnapshotPublisher:
     """Last published value and version per key, for one SKU's state.
 
@@ -136,7 +191,8 @@ class SnapshotPublisher:
     state and rebuilt after a restore.
     """
 
-    __slots__ = ("_contributions", "_members", "_position_records", "channels", "positions")
+    __slots__ = ("_contributions", "_members", "_pools", "_position_records", "channels",
+                 "positions")
 
     def __init__(
         self,
@@ -152,6 +208,8 @@ class SnapshotPublisher:
         self._members: dict[str, list[str]] = {}
         """Pooled channel -> its eligible published locations, sorted."""
         self._contributions: dict[str, LocationContribution] = {}
+        """Location -> its contribution to its per-location channels."""
+        self._pools: dict[str, ChannelPool] = {}
         self._position_records = {
             location_id: _position_record(quantities, version)
             for location_id, (quantities, version) in self.positions.items()}
@@ -160,9 +218,25 @@ class SnapshotPublisher:
         return _publisher_records, (self._position_records, self.channels)
 
     def _record_position(self, location_id: str, quantities: PositionQuantities,
-                         version: int) -> None:
+                         version: int, channel_names: frozenset[str]) -> None:
+        """Publish a position's quantities here and in the derived channel state."""
+        previous = self.positions.get(location_id)
         self.positions[location_id] = (quantities, version)
         self._position_records[location_id] = _position_record(quantities, version)
+        self._contributions.pop(location_id, None)
+        if previous is None:  # a new member of its channels
+            for name in channel_names:
+                members = self._members.get(name)
+                if members is not None:
+                    bisect.insort(members, location_id)
+                channel = self._pools.get(name)
+                if channel is not None:
+                    channel.add(location_id, quantities)
+            return
+        stale = [name for name, channel in self._pools.items()
+                 if not channel.update(location_id, previous[0], quantities)]
+        for name in stale:
+            del self._pools[name]
 
     def publish(
         self,
@@ -187,10 +261,12 @@ class SnapshotPublisher:
         positions = inventory.positions
         published = self.positions
         position_snapshots: list[PositionSnapshot] = []
-        changed: list[str] = []
+        changed: list[tuple[str, frozenset[str]]] = []
+        """Changed locations and their channels."""
         channel_names: set[str] = set()
         moved: set[str] = set()
         """Changed locations whose channel contribution (ats, in_transit) moved too."""
+        moved_channels: set[str] = set()
         for location_id in affected:
             if location_id not in positions:
                 continue
@@ -198,19 +274,20 @@ class SnapshotPublisher:
             previous = published.get(location_id)
             if previous is not None and previous[0] == quantities:
                 continue
+            names = rules.channel_names_for(location_id)
             if previous is None:
                 version = next_version(0)
-                self._members.clear()
                 moved.add(location_id)
+                moved_channels.update(names)
             else:
                 version = next_version(previous[1])
                 old = previous[0]
                 if old.ats != quantities.ats or old.in_transit != quantities.in_transit:
                     moved.add(location_id)
-            self._record_position(location_id, quantities, version)
-            self._contributions.pop(location_id, None)
-            changed.append(location_id)
-            channel_names.update(rules.channel_names_for(location_id))
+                    moved_channels.update(names)
+            self._record_position(location_id, quantities, version, names)
+            changed.append((location_id, names))
+            channel_names.update(names)
             position_snapshots.append(
                 PositionSnapshot(sku, location_id, *quantities, version, computed_at)
             )
@@ -223,14 +300,13 @@ class SnapshotPublisher:
             if name not in channel_names:
                 continue
             if rule.per_location:
-                for location_id in changed:
-                    if name in rules.channel_names_for(location_id):
-                        self._emit(rule, sku, [location_id], location_id, location_id in moved,
-                                   computed_at, channel_snapshots, next_version)
+                for location_id, names in changed:
+                    if name in names:
+                        self._emit_location(rule, sku, location_id, location_id in moved,
+                                            computed_at, channel_snapshots, next_version)
             else:
-                members_moved = any(name in rules.channel_names_for(loc) for loc in moved)
-                self._emit(rule, sku, self._members_of(name, rules), None, members_moved,
-                           computed_at, channel_snapshots, next_version)
+                self._emit_pooled(rule, sku, rules, name in moved_channels, computed_at,
+                                  channel_snapshots, next_version)
         return position_snapshots, channel_snapshots
 
     def republish(
@@ -256,6 +332,7 @@ class SnapshotPublisher:
         inventory.expire(now_ms)
         self._members.clear()
         self._contributions.clear()
+        self._pools.clear()
         positions: list[PositionSnapshot] = []
         moved: set[str] = set()
         published = self.positions
@@ -268,7 +345,8 @@ class SnapshotPublisher:
                     quantities.ats, quantities.in_transit):
                 moved.add(location_id)
             version = next_version(0 if previous is None else previous[1])
-            self._record_position(location_id, quantities, version)
+            self._record_position(location_id, quantities, version,
+                                  rules.channel_names_for(location_id))
             positions.append(PositionSnapshot(sku, location_id, *quantities, version,
                                               computed_at))
 
@@ -281,14 +359,14 @@ class SnapshotPublisher:
             if rule.per_location:
                 for location_id in members:
                     wanted.add((rule.name, location_id))
-                    self._emit(rule, sku, [location_id], location_id,
-                               everything or location_id in moved, computed_at, channels,
-                               next_version)
+                    self._emit_location(rule, sku, location_id,
+                                        everything or location_id in moved, computed_at,
+                                        channels, next_version)
             else:
                 wanted.add((rule.name, None))
-                self._emit(rule, sku, members, None,
-                           everything or not moved.isdisjoint(members), computed_at,
-                           channels, next_version)
+                self._emit_pooled(rule, sku, rules,
+                                  everything or not moved.isdisjoint(members), computed_at,
+                                  channels, next_version)
         deleted = [channel_key(name, sku, location_id)
                    for name, location_id in self.channels if (name, location_id) not in wanted]
         for slot in [slot for slot in self.channels if slot not in wanted]:
@@ -311,17 +389,33 @@ class SnapshotPublisher:
             self._contributions[location_id] = found
         return found
 
-    def _emit(self, rule: ChannelRule, sku: str, members: list[str], location_id: str | None,
-              members_moved: bool, computed_at: int, out: list[ChannelSnapshot],
-              next_version: NextVersion) -> None:
-        """Recompute one channel number from published positions; append it if it changed.
+    def _emit_location(self, rule: ChannelRule, sku: str, location_id: str,
+                       moved: bool, computed_at: int, out: list[ChannelSnapshot],
+                       next_version: NextVersion) -> None:
+        pooled, as_of = pool(rule, (self.positions[location_id][0],))
+        self._emit(rule, sku, location_id, pooled, as_of, (self._contribution(location_id),),
+                   moved, computed_at, out, next_version)
+
+    def _emit_pooled(self, rule: ChannelRule, sku: str, rules: Rules, members_moved: bool,
+                     computed_at: int, out: list[ChannelSnapshot],
+                     next_version: NextVersion) -> None:
+        channel = self._pools.get(rule.name)
+        if channel is None:
+            channel = self._pools[rule.name] = ChannelPool(
+                rule, self._members_of(rule.name, rules), self.positions)
+        self._emit(rule, sku, None, channel.total, channel.as_of, channel.contributions,
+                   members_moved, computed_at, out, next_version)
+
+    def _emit(self, rule: ChannelRule, sku: str, location_id: str | None, pooled: int,
+              as_of: int, contributions: Sequence[LocationContribution], members_moved: bool,
+              computed_at: int, out: list[ChannelSnapshot], next_version: NextVersion
+              ) -> None:
+        """Append one channel number if it changed.
 
         The stored value is only ``(ats, as_of)``: the contributions are a function of
         the published positions, and whether one of them moved is ``members_moved``, so
         the state snapshotted every epoch does not carry a tuple per member location.
         """
-        published = self.positions
-        pooled, as_of = pool(rule, [published[member][0] for member in members])
         value = (channel_ats(rule, pooled), as_of)
         key = (rule.name, location_id)
         previous = self.channels.get(key)
@@ -329,9 +423,8 @@ class SnapshotPublisher:
             return
         version = next_version(0 if previous is None else previous[1])
         self.channels[key] = (value, version)
-        contributions = tuple(self._contribution(member) for member in members)
         out.append(ChannelSnapshot(rule.name, sku, location_id, value[0], as_of, version,
-                                   computed_at, contributions))
+                                   computed_at, tuple(contributions)))
 
 
 def _publisher_records(positions: dict[str, bytes],

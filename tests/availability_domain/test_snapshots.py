@@ -6,11 +6,13 @@ import pickle
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from availability_domain import snapshots
 from availability_domain.channels import LocationContribution
 from availability_domain.events import InventoryEvent, parse_event
-from availability_domain.inventory import SkuInventory
+from availability_domain.inventory import PositionQuantities, SkuInventory
 from availability_domain.rules import ChannelRule, Rules, parse_rules
 from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot, SnapshotPublisher
 
@@ -264,3 +266,61 @@ def test_quantities_beyond_32_bits_survive_the_snapshot() -> None:
     restored = pickle.loads(pickle.dumps(harness.publisher))
     assert restored.positions["DC1"][0].on_hand == 2_999_999_999
     assert _published_state(restored) == _published_state(harness.publisher)
+
+
+POOL_LOCATIONS = [f"S{n:02d}" for n in range(12)] + ["DC1"]
+POOL_RULES = parse_rules(
+    {
+        "locations": {location: {"type": "dc" if location == "DC1" else "store",
+                                 "tags": ["ship"] if location != "S05" else []}
+                      for location in POOL_LOCATIONS},
+        "channels": {
+            "web": {"location_tags": ["ship"], "include_in_transit": True, "buffer": 1},
+            "dc": {"location_types": ["dc"]},
+            "pickup": {"location_types": ["store"], "per_location": True},
+        },
+    },
+    "pools",
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["RECEIPT", "SALE", "COUNT", "TRANSFER_SHIPPED"]),
+                          st.sampled_from(POOL_LOCATIONS), st.integers(1, 40),
+                          st.integers(-50, 50)),
+                min_size=1, max_size=60))
+def test_running_channel_pools_always_equal_a_pool_from_scratch(
+        operations: list[tuple[str, str, int, int]]) -> None:
+    """New members arrive, members move up and down, as_of jumps around (late events):
+    after every publish each pooled channel's running state equals a fresh one."""
+    harness = Harness(POOL_RULES)
+    for n, (kind, location, quantity, at) in enumerate(operations):
+        fields: dict[str, Any] = {}
+        if kind == "TRANSFER_SHIPPED":
+            fields = {"transfer_id": f"t{n}",
+                      "counterparty_location_id": "S00" if location == "DC1" else "DC1"}
+        harness.apply(ev(f"e{n}", kind, quantity, location, at=1000 + at, **fields))
+        publisher = harness.publisher
+        for name, running in publisher._pools.items():
+            fresh = snapshots.ChannelPool(POOL_RULES.channels[name],
+                                          publisher._members_of(name, POOL_RULES),
+                                          publisher.positions)
+            assert (running.total, running.as_of, running.contributions, running.index) == (
+                fresh.total, fresh.as_of, fresh.contributions, fresh.index)
+        for name, members in publisher._members.items():
+            assert members == sorted(location for location in publisher.positions
+                                     if name in POOL_RULES.channel_names_for(location))
+    if any(location not in ("S05", "DC1") for _, location, _, _ in operations):
+        assert "web" in harness.publisher._pools  # the check above did run
+
+
+def test_a_running_pool_asks_to_be_rebuilt_when_its_latest_as_of_goes_back() -> None:
+    """Published positions' as_of only rise today; the pool stays exact if one does not."""
+    rule = POOL_RULES.channels["web"]
+    q = PositionQuantities
+    published = {"S00": (q(5, 0, 0, 1, 0, 5, 200), 1), "S01": (q(2, 0, 0, 0, 0, 2, 100), 1)}
+    running = snapshots.ChannelPool(rule, ["S00", "S01"], published)
+    assert (running.total, running.as_of) == (8, 200)
+    assert running.update("S01", published["S01"][0], q(3, 0, 0, 0, 0, 3, 150))
+    assert (running.total, running.as_of) == (9, 200)
+    assert not running.update("S00", published["S00"][0], q(5, 0, 0, 1, 0, 5, 120))
