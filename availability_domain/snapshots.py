@@ -141,33 +141,34 @@ class ChannelPool:
     :func:`~availability_domain.channels.pool` over the members.
     """
 
-    __slots__ = ("as_of", "contributions", "index", "rule", "total")
+    __slots__ = ("as_of", "contributions", "rule", "total")
 
     def __init__(self, rule: ChannelRule, members: list[str],
-                 published: dict[str, tuple[PositionQuantities, int]]) -> None:
-        quantities = [published[member][0] for member in members]
+                 published: dict[str, tuple[PositionQuantities, int]],
+                 contribution: Callable[[str], LocationContribution]) -> None:
         self.rule = rule
-        self.total, self.as_of = pool(rule, quantities)
-        self.index = {member: at for at, member in enumerate(members)}
-        self.contributions = [LocationContribution(member, q.ats, q.in_transit)
-                              for member, q in zip(members, quantities, strict=True)]
+        self.total, self.as_of = pool(rule, [published[member][0] for member in members])
+        self.contributions = [contribution(member) for member in members]
+        """In location order (the members are sorted)."""
 
-    def add(self, location_id: str, quantities: PositionQuantities) -> None:
-        """A new member, in location order."""
-        contribution = LocationContribution(location_id, quantities.ats, quantities.in_transit)
-        at = bisect.bisect_left(self.contributions, contribution)
-        self.contributions.insert(at, contribution)
-        self.index = {member.location_id: at
-                      for at, member in enumerate(self.contributions)}
+    def _find(self, location_id: str) -> int | None:
+        at = bisect.bisect_left(self.contributions, location_id, key=_location_of)
+        if at < len(self.contributions) and self.contributions[at].location_id == location_id:
+            return at
+        return None
+
+    def add(self, quantities: PositionQuantities, contribution: LocationContribution) -> None:
+        """A new member."""
+        bisect.insort(self.contributions, contribution, key=_location_of)
         self.total += pooled_quantity(self.rule, quantities)
         if quantities.as_of > self.as_of:
             self.as_of = quantities.as_of
 
-    def update(self, location_id: str, old: PositionQuantities, new: PositionQuantities
-               ) -> bool:
-        """Take a member's new quantities; False when the pool must be rebuilt instead
-        (the latest ``as_of`` went back)."""
-        at = self.index.get(location_id)
+    def update(self, old: PositionQuantities, new: PositionQuantities,
+               contribution: LocationContribution) -> bool:
+        """A member's new quantities, if the location is one; False when the pool must
+        be rebuilt instead (its latest ``as_of`` went back)."""
+        at = self._find(contribution.location_id)
         if at is None:
             return True
         if new.as_of < old.as_of and old.as_of >= self.as_of:
@@ -175,10 +176,12 @@ class ChannelPool:
         self.total += pooled_quantity(self.rule, new) - pooled_quantity(self.rule, old)
         if new.as_of > self.as_of:
             self.as_of = new.as_of
-        if new.ats != old.ats or new.in_transit != old.in_transit:
-            self.contributions[at] = LocationContribution(location_id, new.ats,
-                                                          new.in_transit)
+        self.contributions[at] = contribution
         return True
+
+
+def _location_of(contribution: LocationContribution) -> str:
+    return contribution.location_id
 
 
 class SnapshotPublisher:
@@ -231,10 +234,13 @@ class SnapshotPublisher:
                     bisect.insort(members, location_id)
                 channel = self._pools.get(name)
                 if channel is not None:
-                    channel.add(location_id, quantities)
+                    channel.add(quantities, self._contribution(location_id))
             return
+        if not self._pools:
+            return
+        contribution = self._contribution(location_id)
         stale = [name for name, channel in self._pools.items()
-                 if not channel.update(location_id, previous[0], quantities)]
+                 if not channel.update(previous[0], quantities, contribution)]
         for name in stale:
             del self._pools[name]
 
@@ -402,7 +408,7 @@ class SnapshotPublisher:
         channel = self._pools.get(rule.name)
         if channel is None:
             channel = self._pools[rule.name] = ChannelPool(
-                rule, self._members_of(rule.name, rules), self.positions)
+                rule, self._members_of(rule.name, rules), self.positions, self._contribution)
         self._emit(rule, sku, None, channel.total, channel.as_of, channel.contributions,
                    members_moved, computed_at, out, next_version)
 

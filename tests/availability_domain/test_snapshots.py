@@ -304,9 +304,9 @@ def test_running_channel_pools_always_equal_a_pool_from_scratch(
         for name, running in publisher._pools.items():
             fresh = snapshots.ChannelPool(POOL_RULES.channels[name],
                                           publisher._members_of(name, POOL_RULES),
-                                          publisher.positions)
-            assert (running.total, running.as_of, running.contributions, running.index) == (
-                fresh.total, fresh.as_of, fresh.contributions, fresh.index)
+                                          publisher.positions, publisher._contribution)
+            assert (running.total, running.as_of, running.contributions) == (
+                fresh.total, fresh.as_of, fresh.contributions)
         for name, members in publisher._members.items():
             assert members == sorted(location for location in publisher.positions
                                      if name in POOL_RULES.channel_names_for(location))
@@ -319,8 +319,17 @@ def test_a_running_pool_asks_to_be_rebuilt_when_its_latest_as_of_goes_back() -> 
     rule = POOL_RULES.channels["web"]
     q = PositionQuantities
     published = {"S00": (q(5, 0, 0, 1, 0, 5, 200), 1), "S01": (q(2, 0, 0, 0, 0, 2, 100), 1)}
-    running = snapshots.ChannelPool(rule, ["S00", "S01"], published)
+
+    def contribution(location_id: str) -> LocationContribution:
+        quantities = published[location_id][0]
+        return LocationContribution(location_id, quantities.ats, quantities.in_transit)
+
+    running = snapshots.ChannelPool(rule, ["S00", "S01"], published, contribution)
     assert (running.total, running.as_of) == (8, 200)
-    assert running.update("S01", published["S01"][0], q(3, 0, 0, 0, 0, 3, 150))
+    assert running.update(published["S01"][0], q(3, 0, 0, 0, 0, 3, 150),
+                          LocationContribution("S01", 3, 0))
     assert (running.total, running.as_of) == (9, 200)
-    assert not running.update("S00", published["S00"][0], q(5, 0, 0, 1, 0, 5, 120))
+    assert running.contributions == [LocationContribution("S00", 5, 1),
+                                     LocationContribution("S01", 3, 0)]
+    assert not running.update(published["S00"][0], q(5, 0, 0, 1, 0, 5, 120),
+                              LocationContribution("S00", 5, 1))
