@@ -28,7 +28,14 @@ from availability_domain.rules import Rules, load_rules
 from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot
 from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecords, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
-from dataflows.metrics import DEAD_LETTERS, EVENTS, SNAPSHOTS, watch_registry
+from dataflows.metrics import (
+    CHANNEL_SNAPSHOTS,
+    CHANNEL_TOMBSTONES,
+    DEAD_LETTERS,
+    EVENTS,
+    POSITION_SNAPSHOTS,
+    watch_registry,
+)
 from dataflows.settings import EngineSettings
 from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, StoredState, now_ms
@@ -124,9 +131,9 @@ def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[Pos
     if deleted_channels:
         out.extend(OutgoingRecord(topics.channels, key, None, origin_ms)
                    for key in deleted_channels)
-        SNAPSHOTS.labels("channel_tombstone").inc(len(deleted_channels))
-    SNAPSHOTS.labels("position").inc(len(positions))
-    SNAPSHOTS.labels("channel").inc(len(channels))
+        CHANNEL_TOMBSTONES.inc(len(deleted_channels))
+    POSITION_SNAPSHOTS.inc(len(positions))
+    CHANNEL_SNAPSHOTS.inc(len(channels))
     return out
 
 

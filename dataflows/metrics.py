@@ -28,6 +28,10 @@ SNAPSHOTS = Counter(
     "Snapshots published, by kind (position, channel).",
     ["kind"],
 )
+POSITION_SNAPSHOTS = SNAPSHOTS.labels("position")
+CHANNEL_SNAPSHOTS = SNAPSHOTS.labels("channel")
+CHANNEL_TOMBSTONES = SNAPSHOTS.labels("channel_tombstone")
+"""Bound once: every call of a SKU's logic counts its snapshots."""
 FRESHNESS = Histogram(
     "availability_freshness_seconds",
     "Produce-to-snapshot latency: from the input record's Kafka timestamp to the "
