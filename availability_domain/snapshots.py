@@ -128,6 +128,7 @@ def _unpack_position_record(record: bytes) -> tuple[int, ...]:
         return _POSITION_RECORD.unpack(record)
     return _WIDE_POSITION_RECORD.unpack(record)
 
+
 ChannelSlot = tuple[str, str | None]
 """(channel, location_id or None for a pooled channel)."""
 

@@ -165,7 +165,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
 
     A SKU restored from a recovery snapshot starts *unconfirmed*: the run that crashed
     may have published newer snapshots of it than the snapshot records, from events that
-    are now being replayed. Its first batch or expiry after the restore publishes every
+    are now being replayed. Its first batch or timer after the restore publishes every
     key under a fresh version, so no consumer is left holding a number from before the
     crash; this holds even when that batch changes nothing here (every event a duplicate
     or too late), because the crashed run may have applied one of them. A rules change
@@ -220,11 +220,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
                     rejected.append(self.reject(origin, outcome.reason or "rejected",
                                                 "too_late"))
         count_events(results)
-        if self._unconfirmed:
-            published = self._republish(now, oldest, everything=True)
-        else:
-            published = self._publish(touched, now, oldest)
-        return _one_item(published + rejected), self.RETAIN
+        return _one_item(self._publish(touched, now, oldest) + rejected), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[list[OutgoingRecord]], bool]:
         state = self._loaded()
@@ -234,10 +230,6 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         if self._pending != "none":
             return _one_item(self._republish(now, -1, self._pending == "everything")), self.RETAIN
         touched = state.inventory.expire(now)
-        if not touched:
-            return [], self.RETAIN
-        if self._unconfirmed:
-            return _one_item(self._republish(now, -1, everything=True)), self.RETAIN
         return _one_item(self._publish(set(touched), now, -1)), self.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -263,7 +255,12 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         return dump_state(self._state)
 
     def _publish(self, touched: set[str], now: int, origin_ms: int) -> list[OutgoingRecord]:
-        if not touched or self._state is None:
+        """What changed, or every key while the SKU is unconfirmed (see the class)."""
+        if self._state is None:
+            return []
+        if self._unconfirmed:
+            return self._republish(now, origin_ms, everything=True)
+        if not touched:
             return []
         positions, channels = self._state.publisher.publish(
             self._state.inventory, touched, self.rules, now, now, self.context.next_version
