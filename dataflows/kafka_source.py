@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from availability_kafka.config import KafkaConnection
 from dataflows.metrics import INPUT_LAG, PROGRESS_COMMIT_FAILURES
+from dataflows.settings import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("availability.engine.source")
 
@@ -203,7 +204,8 @@ class InventoryEventSource(FixedPartitionedSource[SourceRecord, int]):
     ``availability-engine.<flow_id>``, the flow id taken from the input step's id.
     """
 
-    def __init__(self, brokers: KafkaConnection | str, topic: str, batch_size: int = 2000,
+    def __init__(self, brokers: KafkaConnection | str, topic: str,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  consumer_config: dict[str, Any] | None = None,
                  group_id: str | None = None) -> None:
         self.brokers = brokers

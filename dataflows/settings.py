@@ -11,6 +11,17 @@ from availability_domain.events import DEFAULT_MAX_FUTURE_SKEW_MS
 from availability_domain.inventory import DEFAULT_DEDUPE_HORIZON_MS, DEFAULT_LATENESS_HORIZON_MS
 from availability_kafka.config import KafkaConnection
 
+DEFAULT_BATCH_SIZE = 8000
+"""Most messages one poll of a partition returns (``--batch-size``).
+
+It only matters when there is a backlog (a steady rate below capacity gives small
+batches): then a bigger batch folds more of a SKU's events per call and publishes each
+changed key once per batch, so the engine writes fewer records and spends less per
+event. Drains of 300k benchmark events on 2 processes: 2,000 -> 8,000 took the engine
+from ~8.1k to ~9.8k events/s and 1.8 -> 1.5 records per event; 20,000 gained nothing
+more and delayed the first output further.
+"""
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -20,7 +31,8 @@ class EngineSettings:
     recovery_dir: Path | None
     topics: TopicNames = field(default_factory=TopicNames)
     schema_registry: RegistrySettings | str | None = None
-    batch_size: int = 2000
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Most messages per partition poll (see :data:`DEFAULT_BATCH_SIZE`)."""
     epoch_interval_s: float = 10.0
     dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS
     lateness_horizon_ms: int = DEFAULT_LATENESS_HORIZON_MS

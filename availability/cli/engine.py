@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from availability.cli.registry_options import add_registry_arguments
     add_registry_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                        help="max messages read per partition poll")
+                        help="max messages read per partition poll (a bigger batch folds more of a "
+                             "SKU's events per call when there is a backlog)")
     parser.add_argument("--epoch-interval", type=float, default=DEFAULTS.epoch_interval_s,
                         help="seconds between recovery snapshots")
     parser.add_argument("--dedupe-horizon-hours", type=float,
