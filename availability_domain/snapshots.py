@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from availability_contracts.keys import channel_key, position_key
@@ -253,18 +253,24 @@ class SnapshotPublisher:
         now_ms: int,
         computed_at: int,
         next_version: NextVersion = count_versions,
+        forced: Collection[str] = (),
     ) -> tuple[list[PositionSnapshot], list[ChannelSnapshot]]:
         """Snapshots whose value changed because of ``touched`` locations.
 
         Expiry is brought up to ``now_ms`` first (the locations it changes count as
         touched), so a snapshot never counts a reservation that has already expired.
-        Only channels of a location whose value changed are recomputed.
+        Only channels of a location whose value changed are recomputed. Each ``forced``
+        location's position and channels are published under a fresh version even if
+        unchanged: after a crash a consumer may hold a number for them that the restored
+        state never recorded, which only a newer version replaces.
         """
         sku = inventory.sku
         affected = dict.fromkeys(touched)
         expired = inventory.expire(now_ms)
         if expired:
             affected.update(dict.fromkeys(expired))
+        if forced:
+            affected.update(dict.fromkeys(forced))
         positions = inventory.positions
         published = self.positions
         position_snapshots: list[PositionSnapshot] = []
@@ -279,7 +285,8 @@ class SnapshotPublisher:
                 continue
             quantities = inventory.position_quantities(location_id, rules)
             previous = published.get(location_id)
-            if previous is not None and previous[0] == quantities:
+            if previous is not None and previous[0] == quantities and (
+                    not forced or location_id not in forced):
                 continue
             names = rules.channel_names_for(location_id)
             if previous is None:
@@ -289,7 +296,8 @@ class SnapshotPublisher:
             else:
                 version = next_version(previous[1])
                 old = previous[0]
-                if old.ats != quantities.ats or old.in_transit != quantities.in_transit:
+                if (old.ats != quantities.ats or old.in_transit != quantities.in_transit
+                        or location_id in forced):
                     moved.add(location_id)
                     moved_channels.update(names)
             self._record_position(location_id, quantities, version, names)

@@ -124,6 +124,16 @@ class SourceRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    replayed: bool = True
+    """Whether an earlier run may have read it: it was already in the partition when this
+    run started. A run that crashed can only have published from such records, so a
+    restored SKU republishes the keys they name (see :mod:`dataflows.sku_logic`).
+    Unknown counts as True."""
+
+
+REPLAY_END_TIMEOUT_S = 10.0
+"""How long a reader asks the broker for its partition's end before assuming that
+everything it reads may have been read before (correct, only more republishing)."""
 
 
 class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
@@ -137,11 +147,32 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
         self._partition = partition
         self._next_offset = offset
         self._batch_size = batch_size
+        self._replay_end = self._replay_bound(offset)
+        """Offsets below this were in the partition before this run: possibly read."""
         self._lag_gauge = INPUT_LAG.labels(str(partition))
         self._lag_due = 0.0
         self._snapshotted = -1
         if offset >= 0:  # restored from a snapshot: report where this run resumes
             self._report.commit(self._consumer, offset)
+
+    def _replay_bound(self, resume_offset: int) -> int | None:
+        """The partition's end offset now (None: unknown); warns when retention already
+        deleted records after the resume offset, which no restart can replay."""
+        topic, partition = self._topic, self._partition
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=REPLAY_END_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("cannot read the end of %s[%d] (%s): every record read will count "
+                        "as possibly read before", topic, partition, exc)
+            return None
+        if resume_offset >= 0 and low is not None and low > resume_offset:
+            log.warning("%s[%d]: offsets %d-%d after the recovery snapshot were deleted by "
+                        "retention before they could be replayed; the state lacks those "
+                        "events and consumers may hold numbers from them: rebuild from a "
+                        "complete topic (docs/operations.md, section 3)",
+                        topic, partition, resume_offset, low - 1)
+        return high if high is not None and high >= 0 else None
 
     @property
     def group_id(self) -> str:
@@ -159,12 +190,15 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
             return []
         batch = []
         topic, partition = self._topic, self._partition
+        replay_end = self._replay_end
         for message in messages:
             error = message.error()
             if error is not None:
                 raise RuntimeError(f"consuming {topic}[{partition}] failed: {error}")
-            batch.append(SourceRecord(topic, partition, message.offset(), message.key(),
-                                      message.value(), message.timestamp()[1]))
+            offset = message.offset()
+            batch.append(SourceRecord(topic, partition, offset, message.key(),
+                                      message.value(), message.timestamp()[1],
+                                      replay_end is None or offset < replay_end))
         self._next_offset = batch[-1].offset + 1
         return batch
 

@@ -259,7 +259,7 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
                 signal.signal(sig, stop_all)
         run, history = state_dir.record_run(context.rules_fingerprint, run, known)
         context = RunContext(rules, context.rules_fingerprint, run, history,
-                             state_dir.version_clock(floor))
+                             state_dir.version_clock(floor), earlier_clock_ms=floor // 1000)
         recovery = RecoveryConfig(str(settings.recovery_dir))
     else:
         context = RunContext(rules, context.rules_fingerprint, next_version=VersionClock(None))

@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
+from availability_domain.events import EventType
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules
 from availability_domain.snapshots import (
@@ -53,6 +54,10 @@ class RunContext:
     history: Mapping[int, str] = field(default_factory=dict)
     """Run number -> fingerprint of the rules that run started with."""
     next_version: NextVersion = count_versions
+    earlier_clock_ms: int = 0
+    """No earlier run's clock can have read later than this (the version floor): what a
+    crashed run may have expired is judged against it too, in case the clock stepped
+    back across the restart."""
 
 
 def republish_mode(published_under: str | None, snapshot_run: int, context: RunContext
@@ -163,14 +168,20 @@ def _one_item(records: list[OutgoingRecord]) -> list[list[OutgoingRecord]]:
 class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], bytes]):
     """One SKU's fold and publishing.
 
-    A SKU restored from a recovery snapshot starts *unconfirmed*: the run that crashed
-    may have published newer snapshots of it than the snapshot records, from events that
-    are now being replayed. Its first batch or timer after the restore publishes every
-    key under a fresh version, so no consumer is left holding a number from before the
-    crash; this holds even when that batch changes nothing here (every event a duplicate
-    or too late), because the crashed run may have applied one of them. A rules change
-    is republished at once (``_pending``), through :meth:`notify_at`, without waiting
-    for an event.
+    A SKU restored from a recovery snapshot may have been published further by the run
+    that crashed, from events after the snapshot (now replayed) and from reservations
+    that expired before this run started. Consumers hold those numbers under versions
+    the snapshot does not know of, so this run publishes each such key again under a
+    fresh version, even where its value here did not change (a replayed event that is a
+    duplicate or too late in this run, say):
+
+    * the locations an event changes (its location, a shipped transfer's destination) when the
+      crashed run may have read it (:attr:`SourceRecord.replayed`), and their channels;
+    * at the SKU's first batch or timer, every location with a reservation due by then.
+
+    No other key can have been published since the snapshot, so the rest of the SKU
+    publishes only what changes. A rules change is republished at once (``_pending``),
+    through :meth:`notify_at`, without waiting for an event.
     """
 
     def __init__(self, state: SkuState | StoredState | None, new_inventory: InventoryFactory,
@@ -183,7 +194,9 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         self.rules = context.rules
         self.encode = encode
         self.reject = reject
-        self._unconfirmed = state is not None
+        self._restored = state is not None
+        self._check_due = self._restored
+        """Whether the first call after a restore is still to come."""
         self._pending: RepublishMode = "none"
         if state is not None:
             self._pending = republish_mode(state.published_under, state.snapshot_run, context)
@@ -204,12 +217,18 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         assert self._state is not None
         inventory = self._state.inventory
         now = now_ms()
+        forced = self._due_at_restore(now)
+        restored = self._restored
         touched: set[str] = set()
         rejected: list[OutgoingRecord] = []
         results: Tally[tuple[str, str]] = Tally()
         oldest = first_origin.timestamp_ms
         for group in values:
             for event, origin in group:
+                if restored and origin.replayed:
+                    forced.add(event.location_id)
+                    if event.event_type is EventType.TRANSFER_SHIPPED:
+                        forced.add(event.counterparty_location_id or "")
                 outcome = inventory.apply_event(event, now)
                 results[event.event_type.value, outcome.status] += 1
                 if origin.timestamp_ms < oldest:
@@ -220,17 +239,30 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
                     rejected.append(self.reject(origin, outcome.reason or "rejected",
                                                 "too_late"))
         count_events(results)
-        return _one_item(self._publish(touched, now, oldest) + rejected), self.RETAIN
+        return _one_item(self._publish(touched, forced, now, oldest) + rejected), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[list[OutgoingRecord]], bool]:
         state = self._loaded()
         if state is None:
             return [], self.RETAIN
         now = now_ms()
-        if self._pending != "none":
-            return _one_item(self._republish(now, -1, self._pending == "everything")), self.RETAIN
-        touched = state.inventory.expire(now)
-        return _one_item(self._publish(set(touched), now, -1)), self.RETAIN
+        forced = self._due_at_restore(now)
+        touched = set(state.inventory.expire(now)) if self._pending == "none" else set()
+        return _one_item(self._publish(touched, forced, now, -1)), self.RETAIN
+
+    def _due_at_restore(self, now: int) -> set[str]:
+        """At a restored SKU's first call: the locations with a reservation due by now,
+        which the crashed run may have expired and published."""
+        if not self._check_due or self._state is None:
+            return set()
+        self._check_due = False
+        inventory = self._state.inventory
+        expiry = inventory.next_expiry()
+        due_by = max(now, self.context.earlier_clock_ms)
+        if expiry is None or expiry > due_by:
+            return set()
+        return {location_id for location_id, position in inventory.positions.items()
+                if position.has_due_expiry(due_by)}
 
     def notify_at(self) -> datetime | None:
         if self._stored is None and self._state is None:
@@ -254,16 +286,25 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         self._state.snapshot_run = self.context.run
         return dump_state(self._state)
 
-    def _publish(self, touched: set[str], now: int, origin_ms: int) -> list[OutgoingRecord]:
-        """What changed, or every key while the SKU is unconfirmed (see the class)."""
+    def _publish(self, touched: set[str], forced: set[str], now: int, origin_ms: int
+                 ) -> list[OutgoingRecord]:
+        """What changed, and the ``forced`` locations' keys whatever they hold (see the
+        class); a pending rules change republishes the whole SKU."""
         if self._state is None:
             return []
-        if self._unconfirmed:
+        if forced and not forced.issubset(self._state.inventory.positions):
+            # A replayed event names a location this run never created (an event the
+            # crashed run applied and this one rejects before creating it): the crashed
+            # run may have pooled it into channels, so every key goes out again.
             return self._republish(now, origin_ms, everything=True)
-        if not touched:
+        if self._pending != "none":
+            return self._republish(now, origin_ms,
+                                   everything=self._pending == "everything" or bool(forced))
+        if not touched and not forced:
             return []
         positions, channels = self._state.publisher.publish(
-            self._state.inventory, touched, self.rules, now, now, self.context.next_version
+            self._state.inventory, touched, self.rules, now, now, self.context.next_version,
+            forced,
         )
         return self.encode(positions, channels, [], origin_ms)
 
@@ -275,8 +316,6 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
             self._state.inventory, self.rules, now, now, self.context.next_version,
             everything=everything,
         )
-        if everything:
-            self._unconfirmed = False
         self._pending = "none"
         self._state.published_under = self.context.rules_fingerprint
         return self.encode(result.positions, result.channels, result.deleted_channels,

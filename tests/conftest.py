@@ -280,17 +280,26 @@ def scrape_metrics() -> Callable[[int], dict[tuple[str, tuple[tuple[str, str], .
 
 def _free_cluster_port(nodes: int) -> int:
     """A port P such that every port of a local cluster of ``nodes`` nodes (node n:
-    P + 10n .. P + 10n + 2) is free, well away from the shared broker (9092-9114)."""
+    P + 10n .. P + 10n + 2) is free, well away from the shared broker (9092-9114).
+
+    P is taken below the kernel's ephemeral range: the JVMs bind seconds after this
+    check, and a port in that range can meanwhile become the local end of any outgoing
+    connection on the machine (a 3-node start failed in CI with "Address already in
+    use" that way)."""
+    import random
     import socket
 
     from availability.local_kafka.broker import NODE_PORT_STRIDE
 
     span = NODE_PORT_STRIDE * nodes
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + span >= 65535 or 9000 <= port <= 9200:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+                            .split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(200):
+        port = random.randrange(10_000, max(10_001, ephemeral_low - span))
+        if 9000 - span <= port <= 9200:
             continue
         with contextlib.ExitStack() as stack:
             try:

@@ -158,6 +158,22 @@ def test_only_affected_channels_are_recomputed(monkeypatch: pytest.MonkeyPatch) 
     assert computed == ["web", "amazon"]
 
 
+def test_a_forced_location_is_published_again_with_its_channels_under_fresh_versions(
+        ) -> None:
+    harness = Harness()
+    harness.apply(ev("1", "RECEIPT", 10))
+    harness.apply(ev("2", "RECEIPT", 3, location="S1"))
+    harness.apply(ev("3", "RECEIPT", 4, location="S2"))
+    harness.clock += 1
+    positions, channels = harness.publisher.publish(
+        harness.inventory, (), RULES, T0, harness.clock, forced={"DC1", "S1"})
+    assert sorted((p.key, p.on_hand, p.version) for p in positions) == [("A|DC1", 10, 2),
+                                                                        ("A|S1", 3, 2)]
+    assert sorted((c.key, c.ats, c.version) for c in channels) == [
+        ("amazon|A", 4, 2), ("pickup|A|S1", 3, 2), ("web|A", 8, 2)]
+    assert harness.publish(("DC1", "S1", "S2")) == ([], [])  # the record holds them
+
+
 def test_transfer_publishes_both_ends() -> None:
     harness = Harness()
     harness.apply(ev("1", "RECEIPT", 10))
