@@ -175,9 +175,12 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
     fresh version, even where its value here did not change (a replayed event that is a
     duplicate or too late in this run, say):
 
-    * the locations an event changes (its location, a shipped transfer's destination) when the
-      crashed run may have read it (:attr:`SourceRecord.replayed`), and their channels;
-    * at the SKU's first batch or timer, every location with a reservation due by then.
+    * the locations an event changes (its location, a shipped transfer's destination)
+      when the crashed run may have read it (:attr:`SourceRecord.replayed`), and their
+      channels;
+    * at the SKU's first batch or timer, every location with a reservation due by then
+      (by the later of now and :attr:`RunContext.earlier_clock_ms`);
+    * every key, when a replayed event names a location this run has no position for.
 
     No other key can have been published since the snapshot, so the rest of the SKU
     publishes only what changes. A rules change is republished at once (``_pending``),
