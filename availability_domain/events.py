@@ -65,6 +65,13 @@ class InventoryEvent(NamedTuple):
     def position_key(self) -> str:
         return position_key(self.sku, self.location_id)
 
+    def locations(self) -> tuple[str, ...]:
+        """The locations this event can change: its own, and a shipped transfer's
+        destination (whose in_transit it raises)."""
+        if self.event_type is EventType.TRANSFER_SHIPPED:
+            return self.location_id, self.counterparty_location_id or ""
+        return (self.location_id,)
+
     def to_record(self) -> dict[str, Any]:
         """The Avro/JSON field mapping of this event (``event_type`` as its name)."""
         return {

@@ -171,9 +171,7 @@ class SkuInventory:
             destination.ship_in(
                 event.transfer_id or "", occurred_at, event.event_id, event.quantity
             )
-            touched: tuple[str, ...] = (location_id, destination_id)
-        else:
-            touched = (location_id,)
+        touched = event.locations()
 
         self.seen.add(event.event_id, occurred_at)
         if watermark is None or occurred_at > watermark:
@@ -198,6 +196,14 @@ class SkuInventory:
         touched = tuple(changed)
         self._next_expiry_stale = True
         return touched
+
+    def locations_due(self, by_ms: int) -> set[str]:
+        """Locations with a reservation due to expire by ``by_ms`` (not yet expired)."""
+        expiry = self.next_expiry()
+        if expiry is None or expiry > by_ms:
+            return set()
+        return {location_id for location_id, position in self.positions.items()
+                if position.has_due_expiry(by_ms)}
 
     def next_expiry(self) -> int | None:
         """Earliest expires_at of a reservation that still counts, at any location."""

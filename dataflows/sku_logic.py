@@ -19,7 +19,6 @@ from typing import Literal, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
-from availability_domain.events import EventType
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules
 from availability_domain.snapshots import (
@@ -229,9 +228,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         for group in values:
             for event, origin in group:
                 if restored and origin.replayed:
-                    forced.add(event.location_id)
-                    if event.event_type is EventType.TRANSFER_SHIPPED:
-                        forced.add(event.counterparty_location_id or "")
+                    forced.update(event.locations())
                 outcome = inventory.apply_event(event, now)
                 results[event.event_type.value, outcome.status] += 1
                 if origin.timestamp_ms < oldest:
@@ -259,13 +256,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         if not self._check_due or self._state is None:
             return set()
         self._check_due = False
-        inventory = self._state.inventory
-        expiry = inventory.next_expiry()
-        due_by = max(now, self.context.earlier_clock_ms)
-        if expiry is None or expiry > due_by:
-            return set()
-        return {location_id for location_id, position in inventory.positions.items()
-                if position.has_due_expiry(due_by)}
+        return self._state.inventory.locations_due(max(now, self.context.earlier_clock_ms))
 
     def notify_at(self) -> datetime | None:
         if self._stored is None and self._state is None:
