@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 setup: $(VENV)/.installed
 
 # Rebuilt when the compiled codec's sources change, too.
-$(VENV)/.installed: pyproject.toml native/Cargo.toml native/Cargo.lock native/src/*.rs
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/Cargo.lock native/src/*.rs native/*/Cargo.toml native/*/src/*.rs
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "Java 17+ and Maven are needed to run the local Kafka broker (apt-get install openjdk-17-jre-headless maven)"; exit 1; }
 	@command -v cargo >/dev/null || { \
@@ -36,7 +36,7 @@ test-slow: setup
 
 # Style, the layer contract (pyproject.toml [tool.importlinter]), types (strict for the
 # domain and the contracts), generated gRPC code up to date with the .proto, and the Go
-# load generator and the Rust codec formatted and vetted.
+# load generator and the Rust crates of native/ formatted, tested and vetted.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
@@ -44,7 +44,8 @@ lint: setup
 	$(BIN)/python -m availability_api.codegen --check
 	@test -z "$$(gofmt -l benchmarks/loadgen)" || { echo "gofmt: run gofmt -w benchmarks/loadgen"; exit 1; }
 	cd benchmarks/loadgen && go vet .
-	cd native && cargo fmt --check && PYO3_PYTHON=$(abspath $(BIN))/python cargo clippy --quiet --release --locked -- -D warnings
+	cd native && cargo fmt --all --check && cargo test --quiet --release --locked -p avro-wire \
+	  && PYO3_PYTHON=$(abspath $(BIN))/python cargo clippy --quiet --release --locked --workspace -- -D warnings
 
 # Regenerates availability_api/generated/ from the .proto (never edit those files by hand).
 codegen: setup
@@ -62,8 +63,9 @@ wheel: setup
 	rm -rf dist
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 	$(BIN)/python -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
-	  sys.exit(0 if any(n.startswith('availability_contracts/_avro') and n.endswith('.so') for n in names) \
-	  else 'the wheel lacks the compiled codec availability_contracts/_avro')"
+	  missing = [m for m in ('availability_contracts/_avro', 'availability_domain/_publisher') \
+	             if not any(n.startswith(m) and n.endswith('.so') for n in names)]; \
+	  sys.exit('the wheel lacks the compiled ' + ', '.join(missing) if missing else 0)"
 
 kafka-start: setup
 	$(BIN)/availability kafka start
@@ -72,4 +74,4 @@ kafka-stop: setup
 	$(BIN)/availability kafka stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist native/target availability_contracts/_avro*.so
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist native/target availability_contracts/_avro*.so availability_domain/_publisher*.so

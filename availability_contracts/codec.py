@@ -80,6 +80,14 @@ class Codec:
         self._headers: dict[tuple[str, str], bytes] = {}
         """(schema, topic) -> the wire header of its registered id."""
 
+    def header(self, schema: str, topic: str) -> bytes:
+        """What starts every ``schema`` payload on ``topic``: the registry's wire header
+        of the schema's id (registered on first use), or nothing for plain Avro."""
+        registry = self.registry
+        if registry is None:
+            return b""
+        return self._headers.get((schema, topic)) or self._header(registry, schema, topic)
+
     def _header(self, registry: SchemaRegistry, schema: str, topic: str) -> bytes:
         """Registers ``schema`` under its subject for ``topic`` (once; a schema new to
         the subject is checked for compatibility first and refused with
@@ -94,10 +102,7 @@ class Codec:
                ) -> bytes:
         """``record`` is a field mapping; for the snapshot schemas it may also be the
         snapshot tuple itself (fields in schema order), which skips building a dict."""
-        header = b""
-        registry = self.registry
-        if registry is not None:
-            header = self._headers.get((schema, topic)) or self._header(registry, schema, topic)
+        header = self.header(schema, topic)
         fast = _FAST_WRITERS.get(schema)
         if fast is not None:
             return header + fast(record)

@@ -11,6 +11,7 @@ or to rule the compiled code out).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -24,17 +25,18 @@ position_record: Callable[[Mapping[str, Any] | Sequence[Any]], bytes]
 channel_record: Callable[[Mapping[str, Any] | Sequence[Any]], bytes]
 
 
-def _compiled() -> Any:
+def load_compiled(module: str) -> Any:
+    """The compiled extension ``module`` of ``native/``, or None when it is not built or
+    ``AVAILABILITY_PURE_PYTHON`` asks for the Python references."""
     if os.environ.get("AVAILABILITY_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from availability_contracts import _avro
+        return importlib.import_module(module)
     except ImportError:
         return None
-    return _avro
 
 
-_native = _compiled()
+_native = load_compiled("availability_contracts._avro")
 IMPLEMENTATION: Implementation = "python" if _native is None else "compiled"
 if _native is None:
     read_inventory_event = avro_reader.read_inventory_event

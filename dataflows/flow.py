@@ -21,24 +21,21 @@ from bytewax.outputs import Sink
 
 from availability_contracts.codec import Codec, dead_letter_payload
 from availability_contracts.errors import InvalidEvent, shorten
-from availability_contracts.schemas import CHANNEL_SCHEMA, DEAD_LETTER_SCHEMA, POSITION_SCHEMA
+from availability_contracts.schemas import DEAD_LETTER_SCHEMA
 from availability_domain.events import InventoryEvent, check_event_time, decode_event
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules, load_rules
-from availability_domain.snapshots import ChannelSnapshot, PositionSnapshot
 from dataflows.kafka_sink import ConfirmedKafkaSink, KeyedRecords, OutgoingRecord
 from dataflows.kafka_source import InventoryEventSource, SourceRecord
 from dataflows.metrics import (
-    CHANNEL_SNAPSHOTS,
-    CHANNEL_TOMBSTONES,
     DEAD_LETTERS,
     EVENTS,
-    POSITION_SNAPSHOTS,
     watch_registry,
 )
 from dataflows.settings import EngineSettings
 from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import RunContext, SkuAvailabilityLogic, StoredState, now_ms
+from dataflows.snapshot_output import SnapshotOutput, snapshot_output
 
 Decoded = tuple[str, SkuEvents] | list[OutgoingRecord]
 """A SKU's events of one batch, keyed by the SKU; or the batch's dead letters."""
@@ -111,40 +108,14 @@ def dead_letter_key(records: list[OutgoingRecord]) -> str:
     return "dead-letter"
 
 
-def encode_snapshots(codec: Codec, settings: EngineSettings, positions: list[PositionSnapshot],
-                     channels: list[ChannelSnapshot], deleted_channels: list[str],
-                     origin_ms: int) -> list[OutgoingRecord]:
-    """Snapshot records, and a tombstone (null value) for each deleted channel key."""
-    topics = settings.topics
-    out = [
-        OutgoingRecord(topics.positions, snap.key,
-                       codec.encode(POSITION_SCHEMA, snap, topics.positions),
-                       origin_ms)
-        for snap in positions
-    ]
-    out.extend(
-        OutgoingRecord(topics.channels, snap.key,
-                       codec.encode(CHANNEL_SCHEMA, snap, topics.channels),
-                       origin_ms)
-        for snap in channels
-    )
-    if deleted_channels:
-        out.extend(OutgoingRecord(topics.channels, key, None, origin_ms)
-                   for key in deleted_channels)
-        CHANNEL_TOMBSTONES.inc(len(deleted_channels))
-    POSITION_SNAPSHOTS.inc(len(positions))
-    CHANNEL_SNAPSHOTS.inc(len(channels))
-    return out
-
-
 def build_logic(settings: EngineSettings, context: RunContext, codec: Codec,
-                resume: bytes | None) -> SkuAvailabilityLogic:
+                output: SnapshotOutput, resume: bytes | None) -> SkuAvailabilityLogic:
     return SkuAvailabilityLogic(
         StoredState.parse(resume) if resume is not None else None,
         partial(SkuInventory, dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 lateness_horizon_ms=settings.lateness_horizon_ms),
         context,
-        partial(encode_snapshots, codec, settings),
+        output,
         partial(dead_letter, codec, settings.topics.dlq),
     )
 
@@ -169,7 +140,9 @@ def build_flow(settings: EngineSettings, context: RunContext | Rules | None = No
                                                        settings.max_future_skew_ms))
     split = op.branch("valid", decoded, is_keyed_event)
     keyed: KeyedStream[SkuEvents] = split.trues  # type: ignore[assignment]
-    folded = op.stateful_batch("fold", keyed, partial(build_logic, settings, context, codec))
+    output = snapshot_output(codec, settings.topics)
+    folded = op.stateful_batch("fold", keyed,
+                               partial(build_logic, settings, context, codec, output))
     rejected: Stream[list[OutgoingRecord]] = split.falses  # type: ignore[assignment]
     dead_letters = op.key_on("dlq_key", rejected, dead_letter_key)
     out = op.merge("all_output", folded, dead_letters)

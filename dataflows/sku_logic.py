@@ -21,22 +21,14 @@ from bytewax.operators import StatefulBatchLogic
 
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules
-from availability_domain.snapshots import (
-    ChannelSnapshot,
-    NextVersion,
-    PositionSnapshot,
-    SnapshotPublisher,
-    count_versions,
-)
+from availability_domain.snapshots import NextVersion, count_versions
 from dataflows.kafka_sink import OutgoingRecord
 from dataflows.kafka_source import SourceRecord
 from dataflows.metrics import count_events
 from dataflows.sku_events import SkuEvents
+from dataflows.snapshot_output import Publisher, SnapshotOutput
 
 InventoryFactory = Callable[[str], SkuInventory]
-Encoder = Callable[[list[PositionSnapshot], list[ChannelSnapshot], list[str], int],
-                  list[OutgoingRecord]]
-"""(positions, channels, deleted channel keys, origin ms) -> records for the sink."""
 Rejector = Callable[[SourceRecord, str, str], OutgoingRecord]
 """(origin, reason, reason code) -> dead letter."""
 RepublishMode = Literal["none", "changes", "everything"]
@@ -89,7 +81,7 @@ class SkuState:
 
     __slots__ = ("inventory", "published_under", "publisher", "snapshot_run")
 
-    def __init__(self, inventory: SkuInventory, publisher: SnapshotPublisher,
+    def __init__(self, inventory: SkuInventory, publisher: Publisher,
                  published_under: str | None = None, snapshot_run: int = 0) -> None:
         self.inventory = inventory
         self.publisher = publisher
@@ -97,7 +89,7 @@ class SkuState:
         """Fingerprint of the rules the publisher's record reflects (None: unknown)."""
         self.snapshot_run = snapshot_run
 
-    def __getstate__(self) -> tuple[SkuInventory, SnapshotPublisher, str | None, int]:
+    def __getstate__(self) -> tuple[SkuInventory, Publisher, str | None, int]:
         return self.inventory, self.publisher, self.published_under, self.snapshot_run
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
@@ -187,16 +179,18 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
     """
 
     def __init__(self, state: SkuState | StoredState | None, new_inventory: InventoryFactory,
-                 context: RunContext, encode: Encoder, reject: Rejector) -> None:
+                 context: RunContext, output: SnapshotOutput, reject: Rejector) -> None:
         self._stored = state if isinstance(state, StoredState) else None
         """A restored snapshot not unpickled yet: it is on the first event or timer."""
         self._state = state if isinstance(state, SkuState) else None
         self.new_inventory = new_inventory
         self.context = context
         self.rules = context.rules
-        self.encode = encode
+        self.output = output
         self.reject = reject
         self._restored = state is not None
+        self._adopted = False
+        """Whether a restored publisher is in the output's implementation yet."""
         self._check_due = self._restored
         """Whether the first call after a restore is still to come."""
         self._pending: RepublishMode = "none"
@@ -207,6 +201,9 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         if self._stored is not None:
             self._state = self._stored.load()
             self._stored = None
+        if self._restored and self._state is not None and not self._adopted:
+            self._state.publisher = self.output.adopt(self._state.publisher)
+            self._adopted = True
         return self._state
 
     def on_batch(self, values: list[SkuEvents]
@@ -214,8 +211,8 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         """``values``: the SKU's events of one or more source batches."""
         first_event, first_origin = values[0][0]
         if self._loaded() is None:
-            self._state = SkuState(self.new_inventory(first_event.sku), SnapshotPublisher(),
-                                   self.context.rules_fingerprint)
+            self._state = SkuState(self.new_inventory(first_event.sku),
+                                   self.output.new_publisher(), self.context.rules_fingerprint)
         assert self._state is not None
         inventory = self._state.inventory
         now = now_ms()
@@ -296,21 +293,16 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
                                    everything=self._pending == "everything" or bool(forced))
         if not touched and not forced:
             return []
-        positions, channels = self._state.publisher.publish(
-            self._state.inventory, touched, self.rules, now, now, self.context.next_version,
-            forced,
-        )
-        return self.encode(positions, channels, [], origin_ms)
+        return self.output.publish(self._state.publisher, self._state.inventory, touched,
+                                   self.rules, now, self.context.next_version, forced, origin_ms)
 
     def _republish(self, now: int, origin_ms: int, everything: bool) -> list[OutgoingRecord]:
         """Every key under a fresh version (``everything``), or each key whose number
         today's rules change, plus tombstones for keys the rules no longer give."""
         assert self._state is not None
-        result = self._state.publisher.republish(
-            self._state.inventory, self.rules, now, now, self.context.next_version,
-            everything=everything,
-        )
+        self._state.publisher, records = self.output.republish(
+            self._state.publisher, self._state.inventory, self.rules, now,
+            self.context.next_version, everything, origin_ms)
         self._pending = "none"
         self._state.published_under = self.context.rules_fingerprint
-        return self.encode(result.positions, result.channels, result.deleted_channels,
-                           origin_ms)
+        return records

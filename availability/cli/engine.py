@@ -25,12 +25,14 @@ from availability.cli.registry_options import (
 from availability_contracts import hot_codec
 from availability_contracts.times import HOUR_MS, MINUTE_MS
 from availability_kafka.config import KafkaConnection
+from dataflows import snapshot_output
 from dataflows.cluster import EXIT_PEER_LOST
 from dataflows.settings import EngineSettings
 
-CODEC_NOTE = f"Avro codec: {hot_codec.IMPLEMENTATION}" + (
-    "" if hot_codec.IMPLEMENTATION == "compiled"
-    else " (pure Python: slower; AVAILABILITY_PURE_PYTHON is set or native/ was not built)")
+CODEC_NOTE = (
+    f"Avro codec: {hot_codec.IMPLEMENTATION}, publisher: {snapshot_output.IMPLEMENTATION}" + (
+        "" if hot_codec.IMPLEMENTATION == snapshot_output.IMPLEMENTATION == "compiled"
+        else " (pure Python: slower; AVAILABILITY_PURE_PYTHON is set or native/ was not built)"))
 
 if TYPE_CHECKING:
     from dataflows.runner import Membership

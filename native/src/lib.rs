@@ -13,6 +13,7 @@
 //! Field order follows `schemas/avro/*.avsc`, as in the references; the tests compare
 //! both implementations on random and on benchmark records.
 
+use avro_wire::{put_long, put_str};
 use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -259,19 +260,8 @@ fn read_inventory_event<'py>(
     Ok((record, reader.pos))
 }
 
-fn put_long(out: &mut Vec<u8>, value: i64) {
-    let mut n = ((value << 1) ^ (value >> 63)) as u64;
-    while n > 0x7F {
-        out.push((n as u8 & 0x7F) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 fn put_string(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    let text = value.cast::<PyString>()?.to_str()?;
-    put_long(out, text.len() as i64);
-    out.extend_from_slice(text.as_bytes());
+    put_str(out, value.cast::<PyString>()?.to_str()?);
     Ok(())
 }
 

@@ -27,6 +27,7 @@ from dataflows.sku_logic import (
     StoredState,
     republish_mode,
 )
+from dataflows.snapshot_output import SnapshotOutput
 from tests.availability_domain.test_properties import EARLIEST_NOW, RULES, T0, event_sets
 from tests.availability_domain.test_properties import NOW as RUN_END
 
@@ -67,7 +68,7 @@ def _logic(state: object, run: int = 2, earlier_clock_ms: int = 0) -> SkuAvailab
     return SkuAvailabilityLogic(
         state, SkuInventory,  # type: ignore[arg-type]
         RunContext(Rules(), A, run, {1: A, 2: A}, earlier_clock_ms=earlier_clock_ms),
-        encode, reject)  # type: ignore[arg-type]
+        SnapshotOutput(encode), reject)  # type: ignore[arg-type]
 
 
 def _event(n: int, kind: EventType, quantity: int, replayed: bool = True, at: int = 0,
@@ -266,7 +267,7 @@ def _run(logs: list[list[InventoryEvent]], start: list[int], stop: list[int],
     context = RunContext(RULES, "rules", 2, {1: "rules", 2: "rules"},
                          lambda previous: next(versions), earlier_clock_ms)
     logics = {sku: SkuAvailabilityLogic(StoredState.parse(snapshot), SkuInventory, context,
-                                        encode, reject)
+                                        SnapshotOutput(encode), reject)
               for sku, snapshot in restored.items()}
     position, snapshots = list(start), {}
     steps = iter(interleave)
@@ -294,7 +295,7 @@ def _run(logs: list[list[InventoryEvent]], start: list[int], stop: list[int],
             logic = logics.get(sku)
             if logic is None:
                 logic = logics[sku] = SkuAvailabilityLogic(None, SkuInventory, context,
-                                                           encode, reject)
+                                                           SnapshotOutput(encode), reject)
             logic.on_batch([group])
         for logic in logics.values():
             due = logic.notify_at()

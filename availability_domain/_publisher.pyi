@@ -1,0 +1,22 @@
+# The compiled snapshot publisher of native/publisher; see dataflows.snapshot_output.
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from availability_domain.inventory import SkuInventory
+from availability_domain.rules import Rules
+from availability_domain.snapshots import SnapshotPublisher
+
+class SnapshotTopics:
+    def __init__(self, record_type: type[tuple[Any, ...]], positions: str, channels: str,
+                 position_header: bytes, channel_header: bytes) -> None: ...
+
+class CompiledPublisher:
+    def __init__(self) -> None: ...
+    @staticmethod
+    def from_reference(publisher: SnapshotPublisher) -> CompiledPublisher: ...
+    def to_reference(self) -> SnapshotPublisher: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def publish_records(self, inventory: SkuInventory, touched: Iterable[str], rules: Rules,
+                        now_ms: int, computed_at: int, next_version: Callable[[int], int],
+                        forced: Collection[str], origin_ms: int, topics: SnapshotTopics
+                        ) -> tuple[list[Any], int, int]: ...
