@@ -63,7 +63,7 @@ wheel: setup
 	rm -rf dist
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 	$(BIN)/python -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
-	  missing = [m for m in ('availability_contracts/_avro', 'availability_domain/_publisher') \
+	  missing = [m for m in ('availability_contracts/_avro', 'availability_domain/_core') \
 	             if not any(n.startswith(m) and n.endswith('.so') for n in names)]; \
 	  sys.exit('the wheel lacks the compiled ' + ', '.join(missing) if missing else 0)"
 
@@ -74,4 +74,4 @@ kafka-stop: setup
 	$(BIN)/availability kafka stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist native/target availability_contracts/_avro*.so availability_domain/_publisher*.so
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist native/target availability_contracts/_avro*.so availability_domain/_core*.so

@@ -159,18 +159,29 @@ class Codec:
         record = event.to_record() if hasattr(event, "to_record") else event
         return self.encode(EVENT_SCHEMA, record, topic)
 
+    def event_body_start(self, data: bytes | None) -> int | None:
+        """Where the strict reader starts on an InventoryEvent payload of our own schema
+        (after the registry header, if any), or None when :meth:`decode_event_record`
+        would not hand it to that reader (empty, too large, no header, another writer
+        schema): where a faster reader of the same contract may start too."""
+        if not data or len(data) > MAX_RECORD_BYTES:
+            return None
+        if self.registry is None:
+            return 0
+        if len(data) < _HEADER.size or data[0] != _MAGIC:
+            return None
+        _, schema_id = _HEADER.unpack_from(data)
+        return _HEADER.size if schema_id in self._own_event_ids else None
+
     def _read_event(self, data: bytes) -> dict[str, Any]:
         """Our own contract goes through the strict reader; a registry writer schema
         other than ours (a newer, compatible one) through fastavro's schema resolution."""
-        start = 0
-        if self.registry is not None:
+        start = self.event_body_start(data)
+        if start is None:
             if len(data) < _HEADER.size or data[0] != _MAGIC:
                 raise InvalidEvent("payload lacks the schema-registry header (magic byte 0)",
                                    "undecodable")
-            _, schema_id = _HEADER.unpack_from(data)
-            if schema_id not in self._own_event_ids:
-                return self.decode(EVENT_SCHEMA, data)
-            start = _HEADER.size
+            return self.decode(EVENT_SCHEMA, data)
         try:
             record, end = hot_codec.read_inventory_event(data, start)
         except InvalidEvent as exc:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from availability_contracts.errors import InvalidEvent, shorten
+from availability_contracts.hot_codec import load_compiled
 from availability_contracts.keys import KEY_DELIMITER, position_key
 from availability_contracts.times import HOUR_MS, iso_ms
 
@@ -242,7 +243,24 @@ class EventRecordDecoder(Protocol):
 
     def decode_event_record(self, data: bytes | None) -> Mapping[str, Any]: ...
 
+    def event_body_start(self, data: bytes | None) -> int | None: ...
+
+
+_read_valid_event = getattr(load_compiled("availability_domain._core"), "read_valid_event",
+                            None)
+"""native/domain's reader: the event of a payload it is sure is valid, else None."""
+
 
 def decode_event(codec: EventRecordDecoder, data: bytes | None) -> InventoryEvent:
-    """Payload bytes to a validated event, or :class:`InvalidEvent` with the reason."""
+    """Payload bytes to a validated event, or :class:`InvalidEvent` with the reason.
+
+    The compiled reader, where built, turns a payload it is sure :func:`parse_event`
+    accepts straight into the event (equal to what this module builds); every other
+    payload, and every refusal, takes the reference path."""
+    if _read_valid_event is not None and data is not None:
+        start = codec.event_body_start(data)
+        if start is not None:
+            event: InventoryEvent | None = _read_valid_event(data, start)
+            if event is not None:
+                return event
     return parse_event(codec.decode_event_record(data))

@@ -289,7 +289,8 @@ def run(brokers: str, options: DrainOptions, out_dir: Path, smoke: bool = False,
          "SKU, so 'snapshots out' differs; the final tables must not",
          "vs release: against the faster of the previous release's runs (v0.1, from a git "
          "worktree of its commit, same machine, same backlog, this run)",
-         "the engine decodes and encodes Avro with its compiled codec (native/); the loop "
+         "the engine runs its compiled hot path (native/: the Avro codec, the event reader, "
+         "the snapshot publisher; byte-identical to the Python reference); the loop "
          "and Quix use the pure-Python domain code and codec, as teams on those tools "
          "would (AVAILABILITY_PURE_PYTHON=1)"]))
     _targets(result, by_name, release_rate, quix_rate)

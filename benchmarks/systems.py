@@ -29,7 +29,7 @@ QUIX = "quix"
 ALL_SYSTEMS = (RELEASE_1, RELEASE_2, ENGINE_1, ENGINE_2, LOOP, QUIX)
 PEERS = (LOOP, QUIX)
 """Run with the project's pure-Python codec and domain (``AVAILABILITY_PURE_PYTHON``),
-as a team building the same on those tools would; the engine uses its compiled codec."""
+as a team building the same on those tools would; the engine uses its compiled hot path."""
 
 RELEASE_COMMIT = "a393a11a5de4d1a73bdfe5f179e1d6c2ae979205"
 """v0.1, the engine before the performance work: the baseline the goals are relative to,

@@ -1,6 +1,6 @@
 """A SKU's snapshots as sink records: the compiled publisher, or the reference and the codec.
 
-``native/publisher`` (Rust, built by every install) publishes and encodes in one call
+``native/domain`` (Rust, built by every install) publishes and encodes in one call
 with the results of :meth:`SnapshotPublisher.publish` followed by :func:`encode_snapshots`:
 the same snapshots, versions, order and bytes (tests compare both on random disordered
 streams and on the benchmark workload). :class:`SnapshotPublisher` stays the readable
@@ -43,7 +43,7 @@ class Publisher(Protocol):
     def __reduce__(self) -> tuple[Any, ...]: ...
 
 
-_native = load_compiled("availability_domain._publisher")
+_native = load_compiled("availability_domain._core")
 IMPLEMENTATION: Implementation = "python" if _native is None else "compiled"
 
 

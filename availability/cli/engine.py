@@ -30,7 +30,7 @@ from dataflows.cluster import EXIT_PEER_LOST
 from dataflows.settings import EngineSettings
 
 CODEC_NOTE = (
-    f"Avro codec: {hot_codec.IMPLEMENTATION}, publisher: {snapshot_output.IMPLEMENTATION}" + (
+    f"Avro codec: {hot_codec.IMPLEMENTATION}, domain core: {snapshot_output.IMPLEMENTATION}" + (
         "" if hot_codec.IMPLEMENTATION == snapshot_output.IMPLEMENTATION == "compiled"
         else " (pure Python: slower; AVAILABILITY_PURE_PYTHON is set or native/ was not built)"))
 

@@ -13,47 +13,19 @@
 //! Field order follows `schemas/avro/*.avsc`, as in the references; the tests compare
 //! both implementations on random and on benchmark records.
 
-use avro_wire::{put_long, put_str};
+use avro_wire::{put_long, put_str, read_fields, Reader, Refusal};
 use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
-/// Why a record was refused: the reason of the `InvalidEvent` it becomes.
-enum Refusal {
-    EndsEarly,
-    TooManyBytes,
-    TooLarge,
-    Length(&'static str, i64),
-    NotUtf8(&'static str),
-    Branch(&'static str, i64),
-    EventType(i64, usize),
-    Restockable(u8),
+/// A refusal as the `InvalidEvent` it becomes.
+trait IntoPyErr {
+    fn into_err(self, py: Python<'_>) -> PyErr;
 }
 
-impl Refusal {
-    fn reason(&self) -> String {
-        match self {
-            Refusal::EndsEarly => "the record ends early".to_string(),
-            Refusal::TooManyBytes => "a number is encoded in more than 10 bytes".to_string(),
-            Refusal::TooLarge => "a number is larger than an Avro long".to_string(),
-            Refusal::Length(name, length) => {
-                format!("field '{name}' has an impossible length {length}")
-            }
-            Refusal::NotUtf8(name) => format!("field '{name}' is not valid UTF-8"),
-            Refusal::Branch(name, index) => {
-                format!("field '{name}' has union index {index}, not 0 or 1")
-            }
-            Refusal::EventType(index, symbols) => {
-                format!("event_type index {index} is not one of the {symbols} symbols")
-            }
-            Refusal::Restockable(flag) => {
-                format!("field 'restockable' has byte {flag}, not 0 or 1")
-            }
-        }
-    }
-
+impl IntoPyErr for Refusal {
     fn into_err(self, py: Python<'_>) -> PyErr {
         match invalid_event(py).and_then(|class| class.call1((self.reason(), "undecodable"))) {
             Ok(error) => PyErr::from_value(error),
@@ -99,127 +71,6 @@ fn python_writers(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
             module.getattr("position_record")?.unbind(),
             module.getattr("channel_record")?.unbind(),
         ))
-    })
-}
-
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, Refusal> {
-        let byte = *self.data.get(self.pos).ok_or(Refusal::EndsEarly)?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    /// A zigzag varint: at most 10 bytes, at most 64 bits.
-    fn long(&mut self) -> Result<i64, Refusal> {
-        let first = self.byte()?;
-        if first < 0x80 {
-            return Ok(((first >> 1) as i64) ^ -((first & 1) as i64));
-        }
-        let mut result = (first & 0x7F) as u128;
-        let mut shift = 7u32;
-        loop {
-            let byte = self.byte()?;
-            result |= ((byte & 0x7F) as u128) << shift;
-            if byte < 0x80 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err(Refusal::TooManyBytes);
-            }
-        }
-        if result >= 1u128 << 64 {
-            return Err(Refusal::TooLarge);
-        }
-        let bits = result as u64;
-        Ok(((bits >> 1) as i64) ^ -((bits & 1) as i64))
-    }
-
-    fn string(&mut self, name: &'static str) -> Result<&'a str, Refusal> {
-        let length = self.long()?;
-        let end = self.pos as i128 + length as i128;
-        if length < 0 || end > self.data.len() as i128 {
-            return Err(Refusal::Length(name, length));
-        }
-        let text = &self.data[self.pos..end as usize];
-        self.pos = end as usize;
-        std::str::from_utf8(text).map_err(|_| Refusal::NotUtf8(name))
-    }
-
-    /// A `["null", T]` union: whether T follows.
-    fn branch(&mut self, name: &'static str) -> Result<bool, Refusal> {
-        match self.long()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            index => Err(Refusal::Branch(name, index)),
-        }
-    }
-}
-
-const OPTIONAL_STRINGS: [&str; 5] = [
-    "reason",
-    "transfer_id",
-    "counterparty_location_id",
-    "reservation_id",
-    "channel",
-];
-
-/// The fields of one InventoryEvent, read before any Python object is made.
-struct EventFields<'a> {
-    event_id: &'a str,
-    event_type: usize,
-    occurred_at: i64,
-    source: &'a str,
-    sku: &'a str,
-    location_id: &'a str,
-    quantity: i64,
-    optional: [Option<&'a str>; 5],
-    expires_at: Option<i64>,
-    restockable: bool,
-}
-
-fn read_fields<'a>(reader: &mut Reader<'a>, symbols: usize) -> Result<EventFields<'a>, Refusal> {
-    let event_id = reader.string("event_id")?;
-    let index = reader.long()?;
-    if index < 0 || index >= symbols as i64 {
-        return Err(Refusal::EventType(index, symbols));
-    }
-    let occurred_at = reader.long()?;
-    let source = reader.string("source")?;
-    let sku = reader.string("sku")?;
-    let location_id = reader.string("location_id")?;
-    let quantity = reader.long()?;
-    let mut optional = [None; 5];
-    for (slot, name) in optional.iter_mut().zip(OPTIONAL_STRINGS) {
-        if reader.branch(name)? {
-            *slot = Some(reader.string(name)?);
-        }
-    }
-    let expires_at = if reader.branch("expires_at")? {
-        Some(reader.long()?)
-    } else {
-        None
-    };
-    let flag = reader.byte()?;
-    if flag > 1 {
-        return Err(Refusal::Restockable(flag));
-    }
-    Ok(EventFields {
-        event_id,
-        event_type: index as usize,
-        occurred_at,
-        source,
-        sku,
-        location_id,
-        quantity,
-        optional,
-        expires_at,
-        restockable: flag == 1,
     })
 }
 

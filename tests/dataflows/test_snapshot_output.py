@@ -1,4 +1,4 @@
-"""The compiled publisher (native/publisher) gives what the reference gives: the same
+"""The compiled publisher (native/domain) gives what the reference gives: the same
 records, byte for byte and in the same order, from :meth:`SnapshotPublisher.publish`
 followed by :func:`encode_snapshots`, on random disordered streams and on the benchmark
 workload; and its recovery snapshot restores into either implementation."""
@@ -49,7 +49,7 @@ def test_the_install_built_the_compiled_publisher() -> None:
         assert snapshot_output.IMPLEMENTATION == "python"
         return
     assert snapshot_output.IMPLEMENTATION == "compiled", (
-        "native/publisher was not built: `make setup` builds it with cargo")
+        "native/domain was not built: `make setup` builds it with cargo")
 
 
 compiled_only = pytest.mark.skipif(

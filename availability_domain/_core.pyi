@@ -1,7 +1,8 @@
-# The compiled snapshot publisher of native/publisher; see dataflows.snapshot_output.
+# The compiled core of native/domain; see dataflows.snapshot_output and availability_domain.events.
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
+from availability_domain.events import InventoryEvent
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules
 from availability_domain.snapshots import SnapshotPublisher
@@ -20,3 +21,5 @@ class CompiledPublisher:
                         now_ms: int, computed_at: int, next_version: Callable[[int], int],
                         forced: Collection[str], origin_ms: int, topics: SnapshotTopics
                         ) -> tuple[list[Any], int, int]: ...
+
+def read_valid_event(data: bytes, pos: int) -> InventoryEvent | None: ...

@@ -1,10 +1,10 @@
-//! The compiled snapshot publisher of the engine's hot path.
+//! The compiled snapshot publisher.
 //!
 //! `CompiledPublisher.publish_records` does what
 //! `availability_domain.snapshots.SnapshotPublisher.publish` followed by the dataflow's
 //! snapshot encoding does: the same snapshots, versions, order and Avro bytes, as sink
 //! records. The Python publisher stays the readable definition and is what this module
-//! is tested against (`tests/availability_domain/test_compiled_publisher.py`). What is
+//! is tested against (`tests/dataflows/test_snapshot_output.py`). What is
 //! rare stays in Python: a republish (restore, rules change) converts to the reference
 //! and back (`to_reference`, `from_reference`), and a recovery snapshot pickles in the
 //! reference's format, so snapshots of either implementation restore into both.
@@ -356,8 +356,8 @@ impl Pool {
 }
 
 /// Where records go: the sink's record type and each topic's name and value header.
-#[pyclass(frozen, module = "availability_domain._publisher")]
-struct SnapshotTopics {
+#[pyclass(frozen, module = "availability_domain._core")]
+pub struct SnapshotTopics {
     record_type: Py<PyAny>,
     positions: Py<PyString>,
     channels: Py<PyString>,
@@ -477,8 +477,8 @@ impl Out<'_> {
 }
 
 /// Last published value and version per key of one SKU (see the module docs).
-#[pyclass(module = "availability_domain._publisher")]
-struct CompiledPublisher {
+#[pyclass(module = "availability_domain._core")]
+pub struct CompiledPublisher {
     positions: Ordered<String, (Quantities, i64)>,
     channels: Ordered<Slot, ChannelValue>,
     members: HashMap<String, Vec<String>>,
@@ -723,8 +723,7 @@ impl CompiledPublisher {
             record.extend_from_slice(&version.to_le_bytes());
             records.set_item(location_id, PyBytes::new(py, &record))?;
         }
-        let (_, channels) = self.state(py)?;
-        let arguments = PyTuple::new(py, [records.into_any(), channels.into_any()])?;
+        let arguments = PyTuple::new(py, [records.into_any(), self.channel_dict(py)?.into_any()])?;
         Ok((python(py)?.publisher_records.clone_ref(py), arguments))
     }
 
@@ -906,17 +905,15 @@ impl CompiledPublisher {
             let q = quantities.call1(PyTuple::new(py, q)?)?;
             positions.set_item(location_id, (q, version))?;
         }
+        Ok((positions, self.channel_dict(py)?))
+    }
+
+    /// The reference's `channels`: slot -> ((ats, as_of), version).
+    fn channel_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let channels = PyDict::new(py);
         for (slot, value) in &self.channels.entries {
             channels.set_item(slot, value)?;
         }
-        Ok((positions, channels))
+        Ok(channels)
     }
-}
-
-#[pymodule]
-fn _publisher(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<CompiledPublisher>()?;
-    module.add_class::<SnapshotTopics>()?;
-    Ok(())
 }
