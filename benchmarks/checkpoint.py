@@ -38,14 +38,17 @@ from pathlib import Path
 from typing import Any
 
 from availability.retail_day import retail_workload
+from availability_contracts.codec import Codec
+from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import Rules, load_rules
-from availability_domain.snapshots import SnapshotPublisher
+from availability_domain.snapshots import count_versions
 from benchmarks.report import ScenarioResult, Table, Target, new_figure, ratio, save_figure
 from benchmarks.rules import RULES_200_STORES
 from dataflows.runner import tune_garbage_collector
 from dataflows.sku_logic import SkuState, dump_state
+from dataflows.snapshot_output import snapshot_output
 
 BATCH = 2_000
 """Events per engine batch: the publisher runs once per touched SKU per batch."""
@@ -74,6 +77,9 @@ class Fold:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self.fingerprint = rules.fingerprint()
+        self.output = snapshot_output(Codec(), TopicNames())
+        """The engine's publisher (compiled where built), so the state pickled is the
+        engine's."""
         self.states: dict[str, SkuState] = {}
         self.event_time: tuple[int, int] | None = None
 
@@ -87,8 +93,8 @@ class Fold:
         for n, event in zip(range(count), events, strict=False):
             state = self.states.get(event.sku)
             if state is None:
-                state = self.states[event.sku] = SkuState(SkuInventory(event.sku),
-                                                          SnapshotPublisher(), self.fingerprint)
+                state = self.states[event.sku] = SkuState(
+                    SkuInventory(event.sku), self.output.new_publisher(), self.fingerprint)
             if self.event_time is None:
                 self.event_time = (event.occurred_at, event.occurred_at)
             now = max(now, event.occurred_at)
@@ -105,7 +111,8 @@ class Fold:
     def _publish(self, batch: dict[str, set[str]], now: int) -> list[str]:
         for sku, locations in batch.items():
             state = self.states[sku]
-            state.publisher.publish(state.inventory, locations, self.rules, now, now)
+            self.output.publish(state.publisher, state.inventory, locations, self.rules, now,
+                                count_versions, (), -1)
         published = list(batch)
         batch.clear()
         return published
