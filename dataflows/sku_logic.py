@@ -180,17 +180,15 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
 
     def __init__(self, state: SkuState | StoredState | None, new_inventory: InventoryFactory,
                  context: RunContext, output: SnapshotOutput, reject: Rejector) -> None:
+        self.output = output
         self._stored = state if isinstance(state, StoredState) else None
         """A restored snapshot not unpickled yet: it is on the first event or timer."""
-        self._state = state if isinstance(state, SkuState) else None
+        self._state = self._adopted(state) if isinstance(state, SkuState) else None
         self.new_inventory = new_inventory
         self.context = context
         self.rules = context.rules
-        self.output = output
         self.reject = reject
         self._restored = state is not None
-        self._adopted = False
-        """Whether a restored publisher is in the output's implementation yet."""
         self._check_due = self._restored
         """Whether the first call after a restore is still to come."""
         self._pending: RepublishMode = "none"
@@ -199,12 +197,14 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
 
     def _loaded(self) -> SkuState | None:
         if self._stored is not None:
-            self._state = self._stored.load()
+            self._state = self._adopted(self._stored.load())
             self._stored = None
-        if self._restored and self._state is not None and not self._adopted:
-            self._state.publisher = self.output.adopt(self._state.publisher)
-            self._adopted = True
         return self._state
+
+    def _adopted(self, state: SkuState) -> SkuState:
+        """A restored state, its publisher in the output's implementation."""
+        state.publisher = self.output.adopt(state.publisher)
+        return state
 
     def on_batch(self, values: list[SkuEvents]
                  ) -> tuple[Iterable[list[OutgoingRecord]], bool]:

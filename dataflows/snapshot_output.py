@@ -129,9 +129,6 @@ class CompiledSnapshotOutput(SnapshotOutput):
     def publish(self, publisher: Publisher, inventory: SkuInventory, touched: Iterable[str],
                 rules: Rules, now_ms: int, next_version: NextVersion,
                 forced: Collection[str], origin_ms: int) -> list[OutgoingRecord]:
-        if isinstance(publisher, SnapshotPublisher):
-            return super().publish(publisher, inventory, touched, rules, now_ms,
-                                   next_version, forced, origin_ms)
         targets = self._targets
         if targets is None:
             topics, codec = self._topics, self._codec
