@@ -129,9 +129,10 @@ _PAIR_PROTOCOL = 2
 
 def _unpickle_pairs(data: bytes) -> list[tuple[str, int]]:
     stream = io.BytesIO(data)
+    load = pickle.Unpickler(stream).load  # one unpickler for all: a restart reads many
     pairs: list[tuple[str, int]] = []
     while stream.tell() < len(data):
-        pairs.append(pickle.load(stream))
+        pairs.append(load())
     return pairs
 
 

@@ -117,12 +117,15 @@ class Position:
     def __post_init__(self) -> None:
         """Tombstones restored from a snapshot of the earlier format move to their own
         memories (a snapshot pickles those in sealed chunks, see ``dedupe``)."""
-        for reservation_id in [rid for rid, r in self.reservations.items() if r.is_closed]:
-            closed_at = self.reservations.pop(reservation_id).closed_at
-            self._closed().add(reservation_id, closed_at if closed_at is not None else 0)
-        for transfer_id in [tid for tid, t in self.transfers.items() if not t.is_open]:
-            received_at = self.transfers.pop(transfer_id).received_at
-            self._received().add(transfer_id, received_at if received_at is not None else 0)
+        if self.reservations:
+            for reservation_id in [rid for rid, r in self.reservations.items() if r.is_closed]:
+                closed_at = self.reservations.pop(reservation_id).closed_at
+                self._closed().add(reservation_id, closed_at if closed_at is not None else 0)
+        if self.transfers:
+            for transfer_id in [tid for tid, t in self.transfers.items() if not t.is_open]:
+                received_at = self.transfers.pop(transfer_id).received_at
+                self._received().add(transfer_id,
+                                     received_at if received_at is not None else 0)
 
     def _closed(self) -> RememberedIds:
         if self.closed is None:

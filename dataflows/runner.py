@@ -41,7 +41,11 @@ from dataflows.cluster import (
 )
 from dataflows.flow import build_flow
 from dataflows.kafka_source import STOP_REQUESTED
-from dataflows.settings import EngineSettings
+from dataflows.settings import (
+    RECOVERY_PARTITIONS_PER_MEMBER,
+    EngineSettings,
+    default_recovery_partitions,
+)
 from dataflows.sku_logic import RunContext
 from dataflows.state_dir import RecoveryDir, StateDirError, VersionClock
 
@@ -156,7 +160,8 @@ def _member_report(settings: EngineSettings, state_dir: RecoveryDir, rules_finge
             "--dedupe-horizon-hours": f"{settings.dedupe_horizon_ms / HOUR_MS:g}",
             "--lateness-horizon-hours": f"{settings.lateness_horizon_ms / HOUR_MS:g}",
             "--max-future-skew-minutes": f"{settings.max_future_skew_ms / MINUTE_MS:g}",
-            "--recovery-partitions": str(settings.recovery_partitions or "one per member"),
+            "--recovery-partitions": str(settings.recovery_partitions
+                                         or f"{RECOVERY_PARTITIONS_PER_MEMBER} per member"),
             "the wire format": "schema registry" if settings.schema_registry else "plain Avro",
             "the Kafka cluster (id)": membership.kafka_cluster if membership else "",
         },
@@ -177,13 +182,15 @@ def prepare_recovery(settings: EngineSettings, state_dir: RecoveryDir, rules_fin
     """
     if membership is None:
         mine = _member_report(settings, state_dir, rules_fingerprint, ("this process",), None,
-                              settings.recovery_partitions or 1)
+                              settings.recovery_partitions or default_recovery_partitions(1))
         reports = [mine]
         check = None
     else:
         spec = membership.spec
         mine = _member_report(settings, state_dir, rules_fingerprint, spec.addresses,
-                              membership, settings.recovery_partitions or spec.members)
+                              membership,
+                              settings.recovery_partitions
+                              or default_recovery_partitions(spec.members))
         check = StartupCheck(spec, mine, on_peer_stop=_stop_with_peer, stop=STOP_REQUESTED,
                              bind_host="127.0.0.1" if membership.supervised else "")
         reports = check.exchange(membership.check_timeout_s)

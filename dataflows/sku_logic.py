@@ -146,8 +146,9 @@ class StoredState(NamedTuple):
             at += length
         return cls(rules, run, None if expiry < 0 else expiry, snapshot, at)
 
-    def load(self) -> SkuState:
-        state: SkuState = pickle.loads(memoryview(self.snapshot)[self.state_at:])
+    def load(self, loads: Callable[[memoryview], object] = pickle.loads) -> SkuState:
+        state = loads(memoryview(self.snapshot)[self.state_at:])
+        assert isinstance(state, SkuState)
         return state
 
 
@@ -197,7 +198,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
 
     def _loaded(self) -> SkuState | None:
         if self._stored is not None:
-            self._state = self._adopted(self._stored.load())
+            self._state = self._adopted(self._stored.load(self.output.loads))
             self._stored = None
         return self._state
 

@@ -94,10 +94,19 @@ class Twin:
         return reference
 
     def restore(self) -> None:
-        """Each side continues from a pickle of its own publisher, adopted again."""
+        """Each side continues from a pickle of its own publisher, loaded as the engine
+        loads a recovery snapshot; either side's pickle restores into the other too."""
+        pickles = [pickle.dumps(publisher) for _, _, publisher, _ in self.sides]
         self.sides = [(output, pickle.loads(pickle.dumps(inventory)),
-                       output.adopt(pickle.loads(pickle.dumps(publisher))), versions)
-                      for output, inventory, publisher, versions in self.sides]
+                       output.adopt(output.loads(pickled)), versions)
+                      for (output, inventory, _, versions), pickled in zip(self.sides, pickles,
+                                                                           strict=True)]
+        crossed = [output.adopt(output.loads(pickled))
+                   for (output, _, _, _), pickled in zip(self.sides, reversed(pickles),
+                                                         strict=True)]
+        assert _state(crossed[0]) == _state(self.sides[0][2])
+        assert _state(crossed[1]) == _state(self.sides[1][2])
+        assert isinstance(self.sides[1][2], snapshot_output._native.CompiledPublisher)
 
     def republish(self, rules: Rules, now: int, everything: bool) -> None:
         results = []
@@ -112,12 +121,13 @@ class Twin:
         assert results[1] == results[0]
 
     def published(self) -> list[Any]:
-        states = []
-        for _, _, publisher, _ in self.sides:
-            reference = publisher if isinstance(publisher, SnapshotPublisher) else \
-                publisher.to_reference()  # type: ignore[attr-defined]
-            states.append((reference.positions, reference.channels))
-        return states
+        return [_state(publisher) for _, _, publisher, _ in self.sides]
+
+
+def _state(publisher: Publisher) -> tuple[Any, Any]:
+    reference = publisher if isinstance(publisher, SnapshotPublisher) else \
+        publisher.to_reference()  # type: ignore[attr-defined]
+    return reference.positions, reference.channels
 
 
 OTHER_RULES = parse_rules({
@@ -186,6 +196,12 @@ def test_numbers_beyond_32_and_64_bits_saturate_and_pickle_as_the_reference(
     twin.apply([_event("SALE", 3, "DC1", 9)], T0, set(), 5)
     reference, compiled = twin.published()
     assert compiled == reference
+
+
+@compiled_only
+def test_a_damaged_position_record_is_refused_with_its_length() -> None:
+    with pytest.raises(ValueError, match=r"of 10 bytes \(40 or 64 expected\)"):
+        snapshot_output._native.CompiledPublisher.from_records({"DC1": b"x" * 10}, {})
 
 
 @compiled_only

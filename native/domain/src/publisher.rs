@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use avro_wire::{put_long, put_str};
-use pyo3::exceptions::PyOverflowError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -485,6 +485,33 @@ pub struct CompiledPublisher {
     pools: HashMap<String, Pool>,
 }
 
+/// A position record of a recovery snapshot: six quantities as 32-bit (narrow) or
+/// 64-bit (wide) little-endian integers, then `as_of` and the version as 64-bit.
+fn unpack_position_record(record: &[u8]) -> PyResult<(Quantities, i64)> {
+    let width = match record.len() {
+        40 => 4,
+        64 => 8,
+        n => {
+            return Err(PyValueError::new_err(format!(
+                "a published position record of {n} bytes (40 or 64 expected)"
+            )))
+        }
+    };
+    let mut q: Quantities = [0; 7];
+    for (i, value) in q.iter_mut().take(AS_OF).enumerate() {
+        let field = &record[i * width..(i + 1) * width];
+        *value = if width == 4 {
+            i64::from(i32::from_le_bytes(field.try_into().expect("4 bytes")))
+        } else {
+            i64::from_le_bytes(field.try_into().expect("8 bytes"))
+        };
+    }
+    let tail = AS_OF * width;
+    q[AS_OF] = i64::from_le_bytes(record[tail..tail + 8].try_into().expect("8 bytes"));
+    let version = i64::from_le_bytes(record[tail + 8..tail + 16].try_into().expect("8 bytes"));
+    Ok((q, version))
+}
+
 fn quantities_tuple(q: &Bound<'_, PyAny>) -> PyResult<Quantities> {
     let values: (i64, i64, i64, i64, i64, i64, i64) = q.extract().map_err(|_| overflow())?;
     Ok([
@@ -566,6 +593,16 @@ fn strings(iterable: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 }
 
 impl CompiledPublisher {
+    fn read_channels(&mut self, channels: &Bound<'_, PyDict>) -> PyResult<()> {
+        for (slot, entry) in channels.iter() {
+            let ((ats, as_of), version): ((i64, i64), i64) =
+                entry.extract().map_err(|_| overflow())?;
+            self.channels
+                .insert(slot.extract()?, ((ats, as_of), version));
+        }
+        Ok(())
+    }
+
     fn empty() -> Self {
         CompiledPublisher {
             positions: Ordered::new(),
@@ -683,14 +720,25 @@ impl CompiledPublisher {
                 .positions
                 .insert(location_id.extract()?, (quantities_tuple(&q)?, version));
         }
-        let channels = publisher.getattr(intern!(py, "channels"))?;
-        for (slot, entry) in channels.cast::<PyDict>()?.iter() {
-            let ((ats, as_of), version): ((i64, i64), i64) =
-                entry.extract().map_err(|_| overflow())?;
-            compiled
-                .channels
-                .insert(slot.extract()?, ((ats, as_of), version));
+        compiled.read_channels(
+            publisher
+                .getattr(intern!(py, "channels"))?
+                .cast::<PyDict>()?,
+        )?;
+        Ok(compiled)
+    }
+
+    /// What the reference's `_publisher_records` restores from a recovery snapshot
+    /// (position records packed as `_POSITION_RECORD` or `_WIDE_POSITION_RECORD`), built
+    /// without the reference publisher in between.
+    #[staticmethod]
+    fn from_records(positions: &Bound<'_, PyDict>, channels: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let mut compiled = Self::empty();
+        for (location_id, record) in positions.iter() {
+            let entry = unpack_position_record(record.cast::<PyBytes>()?.as_bytes())?;
+            compiled.positions.insert(location_id.extract()?, entry);
         }
+        compiled.read_channels(channels)?;
         Ok(compiled)
     }
 
