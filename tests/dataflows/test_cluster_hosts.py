@@ -36,8 +36,8 @@ from availability_contracts.codec import Codec
 from availability_contracts.topics import TopicNames
 from availability_domain.reference import reference_tables as fold_in_process
 from availability_domain.rules import load_rules
-from dataflows.settings import default_recovery_partitions
 from benchmarks.rules import render_rules
+from dataflows.settings import default_recovery_partitions
 from tests.read_sides import (
     ChunkedProducer,
     NewestVersionConsumer,
