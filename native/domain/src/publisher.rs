@@ -485,8 +485,26 @@ pub struct CompiledPublisher {
     pools: HashMap<String, Pool>,
 }
 
-/// A position record of a recovery snapshot: six quantities as 32-bit (narrow) or
-/// 64-bit (wide) little-endian integers, then `as_of` and the version as 64-bit.
+/// A position record of a recovery snapshot (the reference's `_POSITION_RECORD`, or
+/// `_WIDE_POSITION_RECORD` when a quantity needs more than 32 bits): six quantities as
+/// 32-bit (narrow) or 64-bit (wide) little-endian integers, then `as_of` and the
+/// version as 64-bit.
+fn pack_position_record(q: &Quantities, version: i64) -> Vec<u8> {
+    let narrow = q[..AS_OF].iter().all(|v| i32::try_from(*v).is_ok());
+    let mut record = Vec::with_capacity(64);
+    for value in &q[..AS_OF] {
+        if narrow {
+            record.extend_from_slice(&(*value as i32).to_le_bytes());
+        } else {
+            record.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    record.extend_from_slice(&q[AS_OF].to_le_bytes());
+    record.extend_from_slice(&version.to_le_bytes());
+    record
+}
+
+/// The inverse of [`pack_position_record`].
 fn unpack_position_record(record: &[u8]) -> PyResult<(Quantities, i64)> {
     let width = match record.len() {
         40 => 4,
@@ -756,19 +774,7 @@ impl CompiledPublisher {
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Py<PyAny>, Bound<'py, PyTuple>)> {
         let records = PyDict::new(py);
         for (location_id, (q, version)) in &self.positions.entries {
-            let narrow = q[..6].iter().all(|v| i32::try_from(*v).is_ok());
-            let mut record = Vec::with_capacity(64);
-            if narrow {
-                for value in &q[..6] {
-                    record.extend_from_slice(&(*value as i32).to_le_bytes());
-                }
-            } else {
-                for value in &q[..6] {
-                    record.extend_from_slice(&value.to_le_bytes());
-                }
-            }
-            record.extend_from_slice(&q[AS_OF].to_le_bytes());
-            record.extend_from_slice(&version.to_le_bytes());
+            let record = pack_position_record(q, *version);
             records.set_item(location_id, PyBytes::new(py, &record))?;
         }
         let arguments = PyTuple::new(py, [records.into_any(), self.channel_dict(py)?.into_any()])?;
