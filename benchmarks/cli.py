@@ -67,7 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="produce-to-snapshot latency at steady rates and a burst",
                            description=_doc("benchmarks.freshness"))
     fresh.add_argument("--rates", type=_ints, help="events/s levels (default 5000,20000,50000)")
-    fresh.add_argument("--seconds", type=float, help="seconds per level (default 15)")
+    fresh.add_argument("--seconds", type=float, help="seconds per level (default 30: three "
+                       "epoch ends of the engine's default --epoch-interval)")
+    fresh.add_argument("--epoch-interval", type=float, metavar="SECONDS",
+                       help="the engine's --epoch-interval (default: the engine's own, "
+                            "10 s); a level longer than the run shows the latency with no "
+                            "recovery snapshot taken")
     fresh.add_argument("--burst-base", type=int, help="base rate of the 10x burst (default 5000)")
     fresh.add_argument("--systems", type=_names,
                        help="comma list of release-1p,release-2p (the previous release), "
@@ -152,7 +157,8 @@ def _options(args: argparse.Namespace, scenario: str) -> tuple[Callable[..., Sce
     overrides = {name: getattr(args, name) for name in ("events", "skus", "systems", "rates",
                                                          "seconds", "burst_base", "concurrency",
                                                          "locations", "downtime", "history",
-                                                         "window", "client")
+                                                         "window", "client",
+                                                         "epoch_interval")
                  if getattr(args, name, None) is not None}
     known = {f.name for f in dataclasses.fields(options)}
     options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if k in known})
