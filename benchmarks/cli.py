@@ -70,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fresh.add_argument("--seconds", type=float, help="seconds per level (default 30: three "
                        "epoch ends of the engine's default --epoch-interval)")
     fresh.add_argument("--epoch-interval", type=float, metavar="SECONDS",
-                       help="the engine's --epoch-interval (default: the engine's own, "
-                            "10 s); a level longer than the run shows the latency with no "
-                            "recovery snapshot taken")
+                       help="the engine's --epoch-interval (default: the engine's own); "
+                            "an interval longer than the run shows the latency with no "
+                            "epoch end, hence no recovery snapshot, inside a level")
     fresh.add_argument("--burst-base", type=int, help="base rate of the 10x burst (default 5000)")
     fresh.add_argument("--systems", type=_names,
                        help="comma list of release-1p,release-2p (the previous release), "
