@@ -7,8 +7,8 @@ streams and on the benchmark workload). :class:`SnapshotPublisher` stays the rea
 definition. It runs when the extension is not built or ``AVAILABILITY_PURE_PYTHON=1``
 asks for it, and for what is rare: a republish (restore, rules change) runs on the
 reference, converted from and back to the compiled state. A recovery snapshot holds the
-reference's format whichever implementation wrote it; the compiled output restores the
-publisher from it directly (:meth:`CompiledSnapshotOutput.loads`).
+reference's format (the same bytes) whichever implementation wrote it; the compiled
+output restores the publisher from it directly (:meth:`CompiledSnapshotOutput.loads`).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class CompiledSnapshotOutput(SnapshotOutput):
 
     def loads(self, snapshot: bytes | memoryview) -> Any:
         """Unpickle a recovery snapshot's state with its publisher built compiled, straight
-        from the records the reference's ``_publisher_records`` would read: a restart
+        from the bytes the reference's ``_publisher_blob`` would read: a restart
         loads every SKU an event touches, and making the reference publisher first and
         converting it was half of that."""
         return _CompiledRestore(io.BytesIO(snapshot)).load()
@@ -161,10 +161,14 @@ class CompiledSnapshotOutput(SnapshotOutput):
         return out
 
 
+_COMPILED_PUBLISHERS = {"_publisher_blob": "from_blob", "_publisher_records": "from_records"}
+"""The reference's publisher constructors in a snapshot -> the compiled ones."""
+
+
 class _CompiledRestore(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if name == "_publisher_records" and module == "availability_domain.snapshots":
-            return _native.CompiledPublisher.from_records
+        if module == "availability_domain.snapshots" and name in _COMPILED_PUBLISHERS:
+            return getattr(_native.CompiledPublisher, _COMPILED_PUBLISHERS[name])
         return super().find_class(module, name)
 
 

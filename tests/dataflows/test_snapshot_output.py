@@ -22,7 +22,12 @@ from availability_contracts.topics import TopicNames
 from availability_domain.events import InventoryEvent, parse_event
 from availability_domain.inventory import SkuInventory
 from availability_domain.rules import ChannelRule, Location, Rules, load_rules, parse_rules
-from availability_domain.snapshots import SnapshotPublisher
+from availability_domain.snapshots import (
+    SnapshotPublisher,
+    _publisher_blob,
+    pack_publisher,
+    unpack_publisher,
+)
 from benchmarks.rules import RULES_200_STORES
 from dataflows import snapshot_output
 from dataflows.kafka_sink import OutgoingRecord
@@ -97,6 +102,7 @@ class Twin:
         """Each side continues from a pickle of its own publisher, loaded as the engine
         loads a recovery snapshot; either side's pickle restores into the other too."""
         pickles = [pickle.dumps(publisher) for _, _, publisher, _ in self.sides]
+        assert pickles[1] == pickles[0]
         self.sides = [(output, pickle.loads(pickle.dumps(inventory)),
                        output.adopt(output.loads(pickled)), versions)
                       for (output, inventory, _, versions), pickled in zip(self.sides, pickles,
@@ -202,6 +208,80 @@ def test_numbers_beyond_32_and_64_bits_saturate_and_pickle_as_the_reference(
 def test_a_damaged_position_record_is_refused_with_its_length() -> None:
     with pytest.raises(ValueError, match=r"of 10 bytes \(40 or 64 expected\)"):
         snapshot_output._native.CompiledPublisher.from_records({"DC1": b"x" * 10}, {})
+
+
+def _published_blob() -> bytes:
+    twin = Twin("A", RULES, Codec())
+    twin.apply([_event("RECEIPT", 5, "DC1"), _event("RECEIPT", 7, "S1")], T0, set(), 5)
+    reference = twin.sides[0][2]
+    assert isinstance(reference, SnapshotPublisher)
+    return pack_publisher(reference._position_records, reference.channels)
+
+
+@compiled_only
+@pytest.mark.parametrize("cut", [1, 9, 20, -1])
+def test_a_publisher_snapshot_cut_short_is_refused_by_both(cut: int) -> None:
+    data = _published_blob()[:cut]
+    with pytest.raises(ValueError, match="ends"):
+        unpack_publisher(data)
+    with pytest.raises(ValueError, match="ends early"):
+        snapshot_output._native.CompiledPublisher.from_blob(data)
+
+
+@compiled_only
+def test_a_publisher_snapshot_with_trailing_bytes_is_refused_by_both() -> None:
+    data = _published_blob() + b"\0"
+    with pytest.raises(ValueError, match="1 bytes after its end"):
+        unpack_publisher(data)
+    with pytest.raises(ValueError, match="1 bytes after its end"):
+        snapshot_output._native.CompiledPublisher.from_blob(data)
+
+
+@pytest.mark.parametrize("location", ["L" * 253, "L" * 254, "L" * 70_000, "Zürich-ß"])
+def test_a_publisher_snapshot_holds_any_location_id(location: str) -> None:
+    records = {location: b"r" * 40, "DC1": b"w" * 64}
+    channels: dict[Any, Any] = {("web", None): ((3, T0), 9), ("pickup", location): ((-1, 0), 2)}
+    assert unpack_publisher(pack_publisher(records, channels)) == (records, channels)
+    if snapshot_output._native is not None:
+        compiled = snapshot_output._native.CompiledPublisher.from_blob(
+            pack_publisher({location: records["DC1"]}, channels))
+        assert pickle.dumps(compiled) == pickle.dumps(compiled.to_reference())
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_publisher_snapshots_are_refused_alike(data: st.DataObject) -> None:
+    """Random damage (bytes flipped, cut, inserted): both readers refuse it with a
+    ValueError, or both read the same state."""
+    blob = bytearray(_published_blob())
+    for _ in range(data.draw(st.integers(1, 4), label="damages")):
+        at = data.draw(st.integers(0, len(blob)), label="at")
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]), label="kind")
+        if kind == "flip" and at < len(blob):
+            blob[at] = data.draw(st.integers(0, 255), label="byte")
+        elif kind == "cut":
+            del blob[at:]
+        else:
+            blob[at:at] = data.draw(st.binary(min_size=1, max_size=8), label="inserted")
+    damaged = bytes(blob)
+    try:
+        expected: Any = _state(_publisher_blob(damaged))
+    except ValueError:
+        expected = ValueError
+    try:
+        compiled = snapshot_output._native.CompiledPublisher.from_blob(damaged)
+    except ValueError:
+        assert expected is ValueError
+    else:
+        assert _state(compiled) == expected
+
+
+def test_a_channel_number_beyond_64_bits_pickles_in_the_dict_format() -> None:
+    publisher = SnapshotPublisher(channels={("web", None): ((2**64, T0), 1)})
+    restored = pickle.loads(pickle.dumps(publisher))
+    assert b"_publisher_records" in pickle.dumps(publisher)
+    assert restored.channels == publisher.channels
 
 
 @compiled_only

@@ -6,8 +6,9 @@
 //! records. The Python publisher stays the readable definition and is what this module
 //! is tested against (`tests/dataflows/test_snapshot_output.py`). What is
 //! rare stays in Python: a republish (restore, rules change) converts to the reference
-//! and back (`to_reference`, `from_reference`), and a recovery snapshot pickles in the
-//! reference's format, so snapshots of either implementation restore into both.
+//! and back (`to_reference`, `from_reference`), and a recovery snapshot pickles as the
+//! reference's (`pack_publisher`, the same bytes), so snapshots of either implementation
+//! restore into both.
 //!
 //! The state is the reference's (last published quantities and version per location,
 //! `(ats, as_of)` and version per channel slot, in insertion order); the pools of pooled
@@ -51,7 +52,7 @@ struct Python_ {
     tuple_new: Py<PyAny>,
     position_quantities: Py<PyAny>,
     reference_publisher: Py<PyAny>,
-    publisher_records: Py<PyAny>,
+    publisher_blob: Py<PyAny>,
     channel_ats: Py<PyAny>,
 }
 
@@ -71,7 +72,7 @@ fn python(py: Python<'_>) -> PyResult<&Python_> {
                 .getattr("PositionQuantities")?
                 .unbind(),
             reference_publisher: snapshots.getattr("SnapshotPublisher")?.unbind(),
-            publisher_records: snapshots.getattr("_publisher_records")?.unbind(),
+            publisher_blob: snapshots.getattr("_publisher_blob")?.unbind(),
             channel_ats: py
                 .import("availability_domain.channels")?
                 .getattr("channel_ats")?
@@ -488,20 +489,20 @@ pub struct CompiledPublisher {
 /// A position record of a recovery snapshot (the reference's `_POSITION_RECORD`, or
 /// `_WIDE_POSITION_RECORD` when a quantity needs more than 32 bits): six quantities as
 /// 32-bit (narrow) or 64-bit (wide) little-endian integers, then `as_of` and the
-/// version as 64-bit.
-fn pack_position_record(q: &Quantities, version: i64) -> Vec<u8> {
+/// version as 64-bit; appended to `out` after its length byte, as the publisher blob
+/// holds it.
+fn pack_position_record(out: &mut Vec<u8>, q: &Quantities, version: i64) {
     let narrow = q[..AS_OF].iter().all(|v| i32::try_from(*v).is_ok());
-    let mut record = Vec::with_capacity(64);
+    out.push(if narrow { 40 } else { 64 });
     for value in &q[..AS_OF] {
         if narrow {
-            record.extend_from_slice(&(*value as i32).to_le_bytes());
+            out.extend_from_slice(&(*value as i32).to_le_bytes());
         } else {
-            record.extend_from_slice(&value.to_le_bytes());
+            out.extend_from_slice(&value.to_le_bytes());
         }
     }
-    record.extend_from_slice(&q[AS_OF].to_le_bytes());
-    record.extend_from_slice(&version.to_le_bytes());
-    record
+    out.extend_from_slice(&q[AS_OF].to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
 }
 
 /// The inverse of [`pack_position_record`].
@@ -769,16 +770,51 @@ impl CompiledPublisher {
             .call1((positions, channels))
     }
 
-    /// Pickles as the reference does (`_publisher_records`): a snapshot of this
-    /// publisher restores as a reference publisher, which the engine adopts again.
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Py<PyAny>, Bound<'py, PyTuple>)> {
-        let records = PyDict::new(py);
-        for (location_id, (q, version)) in &self.positions.entries {
-            let record = pack_position_record(q, *version);
-            records.set_item(location_id, PyBytes::new(py, &record))?;
+    /// What the reference's `_publisher_blob` restores from a recovery snapshot (the
+    /// layout of `availability_domain.snapshots.pack_publisher`).
+    #[staticmethod]
+    fn from_blob(data: &[u8]) -> PyResult<Self> {
+        let mut compiled = Self::empty();
+        let mut blob = Blob { data, at: 0 };
+        let positions = blob.count()?;
+        let slots = blob.count()?;
+        for _ in 0..positions {
+            let location_id = blob
+                .text()?
+                .ok_or_else(|| blob.damaged("a position without a location"))?;
+            let length = usize::from(blob.take(1)?[0]);
+            if length != 40 && length != 64 {
+                return Err(blob.damaged(&format!(
+                    "a published position record of {length} bytes (40 or 64 expected)"
+                )));
+            }
+            let entry = unpack_position_record(blob.take(length)?)?;
+            compiled.positions.insert(location_id, entry);
         }
-        let arguments = PyTuple::new(py, [records.into_any(), self.channel_dict(py)?.into_any()])?;
-        Ok((python(py)?.publisher_records.clone_ref(py), arguments))
+        for _ in 0..slots {
+            let name = blob
+                .text()?
+                .ok_or_else(|| blob.damaged("a channel slot without a channel name"))?;
+            let location_id = blob.text()?;
+            let ats = blob.long()?;
+            let as_of = blob.long()?;
+            let version = blob.long()?;
+            compiled
+                .channels
+                .insert((name, location_id), ((ats, as_of), version));
+        }
+        if blob.at != data.len() {
+            return Err(blob.damaged(&format!("{} bytes after its end", data.len() - blob.at)));
+        }
+        Ok(compiled)
+    }
+
+    /// Pickles as the reference does (`_publisher_blob`, the same bytes): a snapshot of
+    /// this publisher restores as a reference publisher, or straight into this one.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Py<PyAny>, Bound<'py, PyTuple>)> {
+        let blob = PyBytes::new(py, &self.pack());
+        let arguments = PyTuple::new(py, [blob])?;
+        Ok((python(py)?.publisher_blob.clone_ref(py), arguments))
     }
 
     /// `SnapshotPublisher.publish` followed by the snapshot encoding: the sink records
@@ -950,7 +986,94 @@ impl CompiledPublisher {
     }
 }
 
+/// A text of the publisher blob: a length byte below 0xFE, or 0xFF and a `<I` length.
+const NONE: u8 = 0xFE;
+const LONG_TEXT: u8 = 0xFF;
+
+fn put_text(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => out.push(NONE),
+        Some(text) => {
+            let length = text.len();
+            if length < usize::from(NONE) {
+                out.push(length as u8);
+            } else {
+                out.push(LONG_TEXT);
+                out.extend_from_slice(&(length as u32).to_le_bytes());
+            }
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+/// A reader over a publisher blob that refuses one that ends early.
+struct Blob<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Blob<'a> {
+    fn damaged(&self, what: &str) -> PyErr {
+        PyValueError::new_err(format!("a damaged publisher snapshot: {what}"))
+    }
+
+    fn take(&mut self, length: usize) -> PyResult<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(length)
+            .filter(|end| *end <= self.data.len());
+        let end = end.ok_or_else(|| self.damaged("it ends early"))?;
+        let taken = &self.data[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn count(&mut self) -> PyResult<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn long(&mut self) -> PyResult<i64> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn text(&mut self) -> PyResult<Option<String>> {
+        let length = match self.take(1)?[0] {
+            NONE => return Ok(None),
+            LONG_TEXT => self.count()? as usize,
+            length => usize::from(length),
+        };
+        let bytes = self.take(length)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| self.damaged("a text not in UTF-8"))?;
+        Ok(Some(text.to_owned()))
+    }
+}
+
 impl CompiledPublisher {
+    /// The state in the layout of the reference's `pack_publisher`.
+    fn pack(&self) -> Vec<u8> {
+        let positions = &self.positions.entries;
+        let channels = &self.channels.entries;
+        let mut out = Vec::with_capacity(8 + positions.len() * 56 + channels.len() * 40);
+        out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(channels.len() as u32).to_le_bytes());
+        for (location_id, (q, version)) in positions {
+            put_text(&mut out, Some(location_id));
+            pack_position_record(&mut out, q, *version);
+        }
+        for ((name, location_id), ((ats, as_of), version)) in channels {
+            put_text(&mut out, Some(name));
+            put_text(&mut out, location_id.as_deref());
+            for value in [ats, as_of, version] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        out
+    }
+
     /// The reference's `positions` (with `PositionQuantities`) and `channels` dicts.
     fn state<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
         let quantities = python(py)?.position_quantities.bind(py);
