@@ -89,41 +89,51 @@ class SkuInventory:
     _housekeeping_due: int | None = None
     _next_expiry: int | None = None
     _next_expiry_stale: bool = False
-    _pickled: dict[str, bytes | None] = field(default_factory=dict, repr=False,
-                                              compare=False)
-    """location_id -> that position as last pickled (None: it went into the last snapshot
-    inline), while nothing has changed it since.
+    _frames: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    """location_id -> that position as last pickled, while nothing has changed it since.
 
     A recovery snapshot pickles the whole SKU every epoch in which any of its positions
     changed, and an epoch changes few of a SKU's positions. A changed position goes into
     the snapshot inline; one unchanged since the last snapshot is pickled on its own once
-    and from then on copied as these bytes. (Pickling every position on its own at once
-    would cost a SKU seen for the first time ~25 % more.) Every method below that may
-    change a position drops its entry first (housekeeping, which visits them all, drops
-    them all); nothing outside this class changes a position. ``Position.next_expiry``
-    only drops heap entries of reservations that no longer count, so a position restored
-    with them behaves the same."""
+    and from then on copied as these bytes: the snapshot pickles this dict as it is, so
+    the unchanged positions cost no Python code per snapshot. (Pickling every position
+    on its own at once would cost a SKU seen for the first time ~25 % more.) Every method
+    below that may change a position drops its frame and marks it changed first
+    (housekeeping, which visits them all, marks them all); nothing outside this class
+    changes a position. ``Position.next_expiry`` only drops heap entries of reservations
+    that no longer count, so a position restored with them behaves the same."""
+    _changed: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
+    """Positions changed (or new) since the last snapshot, in the order they changed."""
+    _inlined: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
+    """Positions the last snapshot took inline: the next one frames those unchanged."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seen, RememberedIds):  # a snapshot from before the chunks
             self.seen = RememberedIds(self.seen)
+        if not self._changed and not self._frames:
+            self._changed = dict.fromkeys(self.positions)
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        pickled = self._pickled
-        positions: list[tuple[str, bytes | tuple[object, ...]]] = []
-        for location_id, position in self.positions.items():
-            if location_id not in pickled:  # changed since the last snapshot, or new
-                pickled[location_id] = None
-                positions.append((location_id, position.fields()))
-                continue
-            frame = pickled[location_id]
-            if frame is None:
-                frame = pickled[location_id] = pickle.dumps(position.fields(), FRAME_PROTOCOL)
-            positions.append((location_id, frame))
-        return _inventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
-                            positions, self.watermark, self.seen, self._settle_due,
-                            self._prune_due, self._housekeeping_due, self._next_expiry,
-                            self._next_expiry_stale)
+        positions, frames, changed = self.positions, self._frames, self._changed
+        for location_id in self._inlined:
+            if location_id not in changed:
+                frames[location_id] = pickle.dumps(positions[location_id].fields(),
+                                                   FRAME_PROTOCOL)
+        inline = [(location_id, positions[location_id].fields()) for location_id in changed]
+        if len(frames) + len(inline) != len(positions):  # never leave a position out
+            self._change_all()
+            return self.__reduce__()
+        self._inlined, self._changed = changed, {}
+        return _framed_inventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
+                                   frames, inline, self.watermark, self.seen,
+                                   self._settle_due, self._prune_due,
+                                   self._housekeeping_due, self._next_expiry,
+                                   self._next_expiry_stale)
+
+    def _change(self, location_id: str) -> None:
+        """Before a position changes: its frame is stale."""
+        self._frames.pop(location_id, None)
+        self._changed[location_id] = None
 
     def apply_event(self, event: InventoryEvent, now_ms: int) -> Outcome:
         """Fold one event in; duplicates and rejected events change nothing.
@@ -151,7 +161,7 @@ class SkuInventory:
             )
 
         location_id = event.location_id
-        self._pickled.pop(location_id, None)
+        self._change(location_id)
         position = self.positions.get(location_id)
         if position is None:
             position = self.positions[location_id] = Position(as_of=occurred_at)
@@ -164,7 +174,7 @@ class SkuInventory:
             self._note_expiry(before, position.next_expiry())
         if kind is EventType.TRANSFER_SHIPPED:
             destination_id = event.counterparty_location_id or ""
-            self._pickled.pop(destination_id, None)
+            self._change(destination_id)
             destination = self.positions.get(destination_id)
             if destination is None:
                 destination = self.positions[destination_id] = Position(as_of=occurred_at)
@@ -186,11 +196,10 @@ class SkuInventory:
         next_expiry = self.next_expiry()
         if next_expiry is None or next_expiry > now_ms:
             return ()
-        pickled = self._pickled
         changed = []
         for location_id, position in self.positions.items():
             if position.has_due_expiry(now_ms):
-                pickled.pop(location_id, None)
+                self._change(location_id)
                 if position.expire(now_ms):
                     changed.append(location_id)
         touched = tuple(changed)
@@ -249,12 +258,16 @@ class SkuInventory:
             quantities = PositionQuantities(*(saturate(q) for q in quantities))
         return quantities
 
+    def _change_all(self) -> None:
+        self._frames.clear()
+        self._changed = dict.fromkeys(self.positions)
+
     def _housekeeping(self, watermark: int) -> None:
         """Fold late deltas, forget old ids and tombstones, each once per horizon / 8."""
         lateness_step = max(1, self.lateness_horizon_ms // HOUSEKEEPING_FRACTION)
         if self._settle_due is not None and watermark >= self._settle_due:
             cutoff = watermark - self.lateness_horizon_ms
-            self._pickled.clear()
+            self._change_all()
             for position in self.positions.values():
                 position.settle(cutoff)
             self._settle_due = None
@@ -265,7 +278,7 @@ class SkuInventory:
         if self._prune_due is not None and watermark >= self._prune_due:
             cutoff = watermark - self.dedupe_horizon_ms
             self.seen.forget_before(cutoff)
-            self._pickled.clear()
+            self._change_all()
             for position in self.positions.values():
                 position.prune(cutoff)
             self._prune_due = None
@@ -274,24 +287,35 @@ class SkuInventory:
         self._housekeeping_due = min(self._settle_due, self._prune_due)
 
 
+def _framed_inventory(sku: str, dedupe_horizon_ms: int, lateness_horizon_ms: int,
+                      frames: dict[str, bytes], inline: list[tuple[str, tuple[Any, ...]]],
+                      *state: object) -> SkuInventory:
+    """A SKU from :meth:`SkuInventory.__reduce__` (a name snapshots refer to: keep it):
+    the positions unchanged since an earlier snapshot as their own pickled bytes, kept
+    for the next snapshot, then the others inline."""
+    rebuilt = {location_id: _position(*pickle.loads(frame))
+               for location_id, frame in frames.items()}
+    for location_id, fields in inline:
+        rebuilt[location_id] = _position(*fields)
+    inventory = SkuInventory(sku, dedupe_horizon_ms, lateness_horizon_ms, rebuilt,
+                             *state)  # type: ignore[arg-type]
+    inventory._frames = dict(frames)
+    inventory._changed = {}
+    inventory._inlined = dict.fromkeys(location_id for location_id, _ in inline)
+    return inventory
+
+
 def _inventory(sku: str, dedupe_horizon_ms: int, lateness_horizon_ms: int,
                positions: list[tuple[str, bytes | tuple[Any, ...]]], *state: object
                ) -> SkuInventory:
-    """A SKU from :meth:`SkuInventory.__reduce__` (a name snapshots refer to: keep it):
-    each position as its own pickled bytes, kept for the next snapshot, or inline."""
-    rebuilt: dict[str, Position] = {}
-    pickled: dict[str, bytes | None] = {}
-    for location_id, frame in positions:
-        if isinstance(frame, bytes):
-            rebuilt[location_id] = _position(*pickle.loads(frame))
-            pickled[location_id] = frame
-        else:
-            rebuilt[location_id] = _position(*frame)
-            pickled[location_id] = None
-    inventory = SkuInventory(sku, dedupe_horizon_ms, lateness_horizon_ms, rebuilt,
-                             *state)  # type: ignore[arg-type]
-    inventory._pickled = pickled
-    return inventory
+    """A SKU from a snapshot written before :func:`_framed_inventory` (keep it): each
+    position as its own pickled bytes, or inline."""
+    frames = {location_id: frame for location_id, frame in positions
+              if isinstance(frame, bytes)}
+    inline = [(location_id, frame) for location_id, frame in positions
+              if not isinstance(frame, bytes)]
+    return _framed_inventory(sku, dedupe_horizon_ms, lateness_horizon_ms, frames, inline,
+                             *state)
 
 
 _RESERVATION_EVENTS = frozenset(

@@ -151,7 +151,7 @@ class Fold:
             inventory = state.inventory
             sampled_positions += len(inventory.positions)
             sampled_ids += len(inventory.seen)
-            position_bytes += deep_size(inventory.positions) + deep_size(inventory._pickled)
+            position_bytes += deep_size(inventory.positions) + deep_size(inventory._frames)
             id_bytes += deep_size(inventory.seen)
         per_position = position_bytes / sampled_positions if sampled_positions else 0
         per_id = id_bytes / sampled_ids if sampled_ids else 0

@@ -14,6 +14,7 @@ from availability_domain.inventory import (
     Outcome,
     PositionQuantities,
     SkuInventory,
+    _inventory,
 )
 from availability_domain.position import Position, Reservation, ReservationStatus, Transfer
 from availability_domain.rules import Rules, parse_rules
@@ -283,26 +284,51 @@ def test_a_snapshot_copies_unchanged_positions_and_repickles_changed_ones() -> N
     inventory.apply_event(
         ev("c", "RESERVATION_CREATED", 3, 2, reservation_id="r1", expires_at=T0 + 100), T0)
     first = pickle.loads(pickle.dumps(inventory))  # new positions go in inline
-    assert first == inventory and inventory._pickled == dict.fromkeys(("DC1", "DC2", "S1"))
+    assert first == inventory and not inventory._frames
+    assert list(inventory._inlined) == ["DC1", "DC2", "S1"]
 
     inventory.apply_event(ev("s", "SALE", 4, 1, location="DC2"), T0)
     second = pickle.loads(pickle.dumps(inventory))  # unchanged ones get their own bytes
     assert second == inventory and second.position_quantities("DC2", RULES).on_hand == 4
-    frames = dict(inventory._pickled)
-    assert frames["DC2"] is None and isinstance(frames["DC1"], bytes)
+    frames = dict(inventory._frames)
+    assert set(frames) == {"DC1", "S1"} and list(inventory._inlined) == ["DC2"]
 
     inventory.apply_event(ev("t", "SALE", 5, 1, location="S1"), T0)
     third = pickle.loads(pickle.dumps(inventory))
     assert third == inventory and third.position_quantities("S1", RULES).on_hand == 4
-    assert inventory._pickled["DC1"] is frames["DC1"]  # copied, not pickled again
-    assert isinstance(inventory._pickled["DC2"], bytes) and inventory._pickled["S1"] is None
+    assert inventory._frames["DC1"] is frames["DC1"]  # copied, not pickled again
+    assert set(inventory._frames) == {"DC1", "DC2"} and list(inventory._inlined) == ["S1"]
 
     assert inventory.expire(T0 + 100) == ("DC1",)  # expiry changes the positions due
     fourth = pickle.loads(pickle.dumps(inventory))
     assert fourth == inventory and fourth.position_quantities("DC1", RULES).reserved == 0
-    restored = dict(fourth._pickled)  # a restored SKU keeps what it was read from
+    restored = dict(fourth._frames)  # a restored SKU keeps what it was read from
     assert pickle.loads(pickle.dumps(fourth)) == inventory
-    assert all(fourth._pickled[loc] is frame for loc, frame in restored.items() if frame)
+    assert all(fourth._frames[loc] == frame for loc, frame in restored.items())
+
+
+def test_a_snapshot_of_the_earlier_format_restores_and_frames_its_positions() -> None:
+    inventory = SkuInventory("A")
+    for n, location in enumerate(("DC1", "DC2")):
+        inventory.apply_event(ev(f"r{n}", "RECEIPT", n, 5, location=location), T0)
+    dc1, dc2 = inventory.positions["DC1"], inventory.positions["DC2"]
+    old = _inventory("A", inventory.dedupe_horizon_ms, inventory.lateness_horizon_ms,
+                     [("DC1", pickle.dumps(dc1.fields())), ("DC2", dc2.fields())],
+                     inventory.watermark, inventory.seen)
+    assert old.positions == inventory.positions and set(old._frames) == {"DC1"}
+    again = pickle.loads(pickle.dumps(old))
+    assert again.positions == inventory.positions and set(old._frames) == {"DC1", "DC2"}
+
+
+def test_a_snapshot_never_leaves_a_position_out() -> None:
+    """Should the bookkeeping of what changed ever miss a position, the snapshot takes
+    every position inline rather than leave one out."""
+    inventory = SkuInventory("A")
+    for n, location in enumerate(("DC1", "DC2")):
+        inventory.apply_event(ev(f"r{n}", "RECEIPT", n, 5, location=location), T0)
+    pickle.dumps(inventory)
+    inventory._inlined.clear()  # DC1 and DC2 are now neither framed nor changed
+    assert pickle.loads(pickle.dumps(inventory)).positions == inventory.positions
 
 
 def test_housekeeping_repickles_positions_no_event_touched() -> None:
