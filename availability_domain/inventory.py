@@ -14,6 +14,7 @@ horizon, so its cost is amortised over many events.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -90,22 +91,19 @@ class SkuInventory:
     _next_expiry: int | None = None
     _next_expiry_stale: bool = False
     _frames: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-    """location_id -> that position as last pickled, while nothing has changed it since.
+    """location_id -> that position pickled on its own, as of the last snapshot.
 
     A recovery snapshot pickles the whole SKU every epoch in which any of its positions
-    changed, and an epoch changes few of a SKU's positions. A changed position goes into
-    the snapshot inline; one unchanged since the last snapshot is pickled on its own once
-    and from then on copied as these bytes: the snapshot pickles this dict as it is, so
-    the unchanged positions cost no Python code per snapshot. (Pickling every position
-    on its own at once would cost a SKU seen for the first time ~25 % more.) Every method
-    below that may change a position drops its frame and marks it changed first
-    (housekeeping, which visits them all, marks them all); nothing outside this class
-    changes a position. ``Position.next_expiry`` only drops heap entries of reservations
-    that no longer count, so a position restored with them behaves the same."""
+    changed, and an epoch changes few of a SKU's positions. A snapshot pickles the
+    positions changed since the last one again, each on its own, and then this dict as
+    it is: the unchanged positions cost no Python code per snapshot, and a position
+    is pickled once per epoch in which it changed. Every method below that may change a
+    position drops its frame and marks it changed first (housekeeping, which visits them
+    all, marks them all); nothing outside this class changes a position.
+    ``Position.next_expiry`` only drops heap entries of reservations that no longer
+    count, so a position restored with them behaves the same."""
     _changed: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
     """Positions changed (or new) since the last snapshot, in the order they changed."""
-    _inlined: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
-    """Positions the last snapshot took inline: the next one frames those unchanged."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seen, RememberedIds):  # a snapshot from before the chunks
@@ -114,18 +112,15 @@ class SkuInventory:
             self._changed = dict.fromkeys(self.positions)
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        positions, frames, changed = self.positions, self._frames, self._changed
-        for location_id in self._inlined:
-            if location_id not in changed:
-                frames[location_id] = pickle.dumps(positions[location_id].fields(),
-                                                   FRAME_PROTOCOL)
-        inline = [(location_id, positions[location_id].fields()) for location_id in changed]
-        if len(frames) + len(inline) != len(positions):  # never leave a position out
+        positions, frames = self.positions, self._frames
+        for location_id in self._changed:
+            frames[location_id] = pickle.dumps(positions[location_id].fields(), FRAME_PROTOCOL)
+        self._changed = {}
+        if len(frames) != len(positions):  # never leave a position out
             self._change_all()
             return self.__reduce__()
-        self._inlined, self._changed = changed, {}
         return _framed_inventory, (self.sku, self.dedupe_horizon_ms, self.lateness_horizon_ms,
-                                   frames, inline, self.watermark, self.seen,
+                                   frames, (), self.watermark, self.seen,
                                    self._settle_due, self._prune_due,
                                    self._housekeeping_due, self._next_expiry,
                                    self._next_expiry_stale)
@@ -288,20 +283,22 @@ class SkuInventory:
 
 
 def _framed_inventory(sku: str, dedupe_horizon_ms: int, lateness_horizon_ms: int,
-                      frames: dict[str, bytes], inline: list[tuple[str, tuple[Any, ...]]],
-                      *state: object) -> SkuInventory:
+                      frames: dict[str, bytes],
+                      inline: Iterable[tuple[str, tuple[Any, ...]]], *state: object
+                      ) -> SkuInventory:
     """A SKU from :meth:`SkuInventory.__reduce__` (a name snapshots refer to: keep it):
-    the positions unchanged since an earlier snapshot as their own pickled bytes, kept
-    for the next snapshot, then the others inline."""
+    each position as its own pickled bytes, kept for the next snapshot; ``inline``
+    positions (a snapshot of the earlier format) are pickled on their own at the next."""
     rebuilt = {location_id: _position(*pickle.loads(frame))
                for location_id, frame in frames.items()}
+    changed: dict[str, None] = {}
     for location_id, fields in inline:
         rebuilt[location_id] = _position(*fields)
+        changed[location_id] = None
     inventory = SkuInventory(sku, dedupe_horizon_ms, lateness_horizon_ms, rebuilt,
                              *state)  # type: ignore[arg-type]
     inventory._frames = dict(frames)
-    inventory._changed = {}
-    inventory._inlined = dict.fromkeys(location_id for location_id, _ in inline)
+    inventory._changed = changed
     return inventory
 
 

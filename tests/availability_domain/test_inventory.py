@@ -283,28 +283,24 @@ def test_a_snapshot_copies_unchanged_positions_and_repickles_changed_ones() -> N
         inventory.apply_event(ev(f"r{n}", "RECEIPT", n, 5, location=location), T0)
     inventory.apply_event(
         ev("c", "RESERVATION_CREATED", 3, 2, reservation_id="r1", expires_at=T0 + 100), T0)
-    first = pickle.loads(pickle.dumps(inventory))  # new positions go in inline
-    assert first == inventory and not inventory._frames
-    assert list(inventory._inlined) == ["DC1", "DC2", "S1"]
+    first = pickle.loads(pickle.dumps(inventory))  # each position pickled on its own
+    assert first == inventory and set(inventory._frames) == {"DC1", "DC2", "S1"}
+    frames = dict(inventory._frames)
 
     inventory.apply_event(ev("s", "SALE", 4, 1, location="DC2"), T0)
-    second = pickle.loads(pickle.dumps(inventory))  # unchanged ones get their own bytes
+    assert list(inventory._changed) == ["DC2"] and "DC2" not in inventory._frames
+    second = pickle.loads(pickle.dumps(inventory))  # only the changed one pickled again
     assert second == inventory and second.position_quantities("DC2", RULES).on_hand == 4
-    frames = dict(inventory._frames)
-    assert set(frames) == {"DC1", "S1"} and list(inventory._inlined) == ["DC2"]
-
-    inventory.apply_event(ev("t", "SALE", 5, 1, location="S1"), T0)
-    third = pickle.loads(pickle.dumps(inventory))
-    assert third == inventory and third.position_quantities("S1", RULES).on_hand == 4
-    assert inventory._frames["DC1"] is frames["DC1"]  # copied, not pickled again
-    assert set(inventory._frames) == {"DC1", "DC2"} and list(inventory._inlined) == ["S1"]
+    assert inventory._frames["DC1"] is frames["DC1"] and inventory._frames["S1"] is frames["S1"]
+    assert inventory._frames["DC2"] != frames["DC2"] and not inventory._changed
 
     assert inventory.expire(T0 + 100) == ("DC1",)  # expiry changes the positions due
-    fourth = pickle.loads(pickle.dumps(inventory))
-    assert fourth == inventory and fourth.position_quantities("DC1", RULES).reserved == 0
-    restored = dict(fourth._frames)  # a restored SKU keeps what it was read from
-    assert pickle.loads(pickle.dumps(fourth)) == inventory
-    assert all(fourth._frames[loc] == frame for loc, frame in restored.items())
+    assert list(inventory._changed) == ["DC1"]
+    third = pickle.loads(pickle.dumps(inventory))
+    assert third == inventory and third.position_quantities("DC1", RULES).reserved == 0
+    restored = dict(third._frames)  # a restored SKU keeps what it was read from
+    assert pickle.loads(pickle.dumps(third)) == inventory
+    assert all(third._frames[loc] is frame for loc, frame in restored.items())
 
 
 def test_a_snapshot_of_the_earlier_format_restores_and_frames_its_positions() -> None:
@@ -315,19 +311,20 @@ def test_a_snapshot_of_the_earlier_format_restores_and_frames_its_positions() ->
     old = _inventory("A", inventory.dedupe_horizon_ms, inventory.lateness_horizon_ms,
                      [("DC1", pickle.dumps(dc1.fields())), ("DC2", dc2.fields())],
                      inventory.watermark, inventory.seen)
-    assert old.positions == inventory.positions and set(old._frames) == {"DC1"}
+    assert old.positions == inventory.positions
+    assert set(old._frames) == {"DC1"} and list(old._changed) == ["DC2"]
     again = pickle.loads(pickle.dumps(old))
     assert again.positions == inventory.positions and set(old._frames) == {"DC1", "DC2"}
 
 
 def test_a_snapshot_never_leaves_a_position_out() -> None:
-    """Should the bookkeeping of what changed ever miss a position, the snapshot takes
-    every position inline rather than leave one out."""
+    """Should the bookkeeping of what changed ever miss a position, the snapshot pickles
+    every position again rather than leave one out."""
     inventory = SkuInventory("A")
     for n, location in enumerate(("DC1", "DC2")):
         inventory.apply_event(ev(f"r{n}", "RECEIPT", n, 5, location=location), T0)
     pickle.dumps(inventory)
-    inventory._inlined.clear()  # DC1 and DC2 are now neither framed nor changed
+    del inventory._frames["DC2"]  # neither pickled nor marked changed
     assert pickle.loads(pickle.dumps(inventory)).positions == inventory.positions
 
 
