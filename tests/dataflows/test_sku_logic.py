@@ -21,6 +21,7 @@ from dataflows.kafka_source import SourceRecord
 from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import (
     SNAPSHOT_MAGIC,
+    UNCOMPRESSED_MAGIC,
     RunContext,
     SkuAvailabilityLogic,
     SkuState,
@@ -120,6 +121,48 @@ def test_a_snapshot_written_before_the_header_format_still_restores() -> None:
     assert isinstance(restored, SkuState)
     assert _logic(restored).notify_at() == datetime.fromtimestamp(HOLD / 1000, tz=UTC)
     assert StoredState.parse(pickle.dumps(None)) is None
+
+
+def test_a_snapshot_from_before_the_compression_still_restores() -> None:
+    """Header, then the bare pickle: what the releases before LZ4 wrote."""
+    logic = _folded_logic()
+    compressed = StoredState.parse(logic.snapshot())
+    assert isinstance(compressed, StoredState) and compressed.compressed
+    pickled = pickle.dumps(logic._loaded(), protocol=pickle.HIGHEST_PROTOCOL)
+    header = compressed.snapshot[len(SNAPSHOT_MAGIC):compressed.state_at]
+    old = StoredState.parse(UNCOMPRESSED_MAGIC + header + pickled)
+    assert isinstance(old, StoredState) and not old.compressed
+    assert old[:3] == compressed[:3]
+    more = [SkuEvents(_event(n, EventType.SALE, 1) for n in range(20, 26))]
+    from_old, from_new = _logic(old), _logic(compressed)
+    assert list(from_old.on_batch(more)[0]) == list(from_new.on_batch(more)[0])
+    assert from_old.snapshot() == from_new.snapshot()
+
+
+def test_a_compressed_snapshot_is_smaller_than_its_pickle() -> None:
+    logic = _folded_logic()
+    for n in range(200):
+        logic.on_batch([SkuEvents([_event(100 + n, EventType.SALE, 1)])])
+    stored = StoredState.parse(logic.snapshot())
+    assert isinstance(stored, StoredState)
+    pickled = pickle.dumps(stored.load(), protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(stored.snapshot) - stored.state_at < len(pickled) / 2
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+def test_a_damaged_compressed_snapshot_is_named_when_it_loads(damage: str) -> None:
+    stored = StoredState.parse(_folded_logic().snapshot())
+    assert isinstance(stored, StoredState)
+    body = bytearray(stored.snapshot)
+    if damage == "cut":
+        del body[-20:]
+    else:
+        size = int.from_bytes(body[stored.state_at:stored.state_at + 4], "little")
+        body[stored.state_at:stored.state_at + 4] = (size + 1024).to_bytes(4, "little")
+    damaged = StoredState.parse(bytes(body))
+    assert isinstance(damaged, StoredState)
+    with pytest.raises(ValueError, match="recovery snapshot is damaged"):
+        damaged.load()
 
 
 def _published_keys(out: object) -> set[str]:
