@@ -19,9 +19,9 @@ worker folds nothing), the largest key; ratios against the first point.
 
 Then the same snapshots go into a recovery partition the way Bytewax 0.21 writes them
 (:class:`SnapshotStore`: its ``snaps`` table, its upsert in one transaction, then its
-commit, which deletes each key's previous snapshot): the store's write and its garbage
-collection are timed on their own, since both grow with the bytes and the worker waits
-for them too.
+commit, which deletes each key's previous snapshot, written untimed for every SKU before
+the window): the store's write and its garbage collection are timed on their own, since
+both grow with the bytes and the worker waits for them too.
 
 Memory per position and per remembered event id comes from the live state at each point
 (deep ``sys.getsizeof`` over every 20th SKU: positions with their deltas and
@@ -40,7 +40,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,15 +125,20 @@ class Fold:
         batch.clear()
         return published
 
-    def prime(self) -> None:
-        """Two untimed snapshots of every SKU, standing for the snapshots the engine took
-        at the end of the history's epochs: a position goes into a snapshot inline when
-        it changed, gets bytes of its own at the next one if it did not, and is copied
-        from then on (folding the history here without snapshots would make the
-        measured checkpoint pickle every position as if new)."""
-        for _ in range(2):
-            for state in self.states.values():
-                dump_state(state)
+    def prime(self, store: SnapshotStore | None = None) -> None:
+        """Untimed snapshots of every SKU, standing for the snapshots the engine took at
+        the end of the history's epochs (folding the history here without them would
+        make the measured checkpoint pickle every position as if new); the last of them
+        go into ``store`` as the rows the measured checkpoint replaces, as the engine's
+        recovery partitions hold a row for every SKU."""
+        for state in self.states.values():
+            dump_state(state)
+        snapshots = ((sku, dump_state(state)) for sku, state in self.states.items())
+        if store is None:
+            for _ in snapshots:
+                pass
+        else:
+            store.epoch(snapshots)
 
     def checkpoint(self, keys: set[str], store: SnapshotStore | None = None
                    ) -> dict[str, Any]:
@@ -182,7 +187,7 @@ class SnapshotStore:
     table, WAL, each epoch's snapshots upserted in one transaction, then the epoch's
     commit, which deletes every snapshot older than a key's newest. Only the statements
     that touch the snapshots' bytes; one partition instead of the engine's eight (the
-    bytes are the same)."""
+    bytes and the keys are the same)."""
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, isolation_level=None)
@@ -194,7 +199,7 @@ class SnapshotStore:
             "PRIMARY KEY (step_id, state_key, snap_epoch)) STRICT")
         self.epoch_number = 0
 
-    def epoch(self, snapshots: list[tuple[str, bytes]]) -> dict[str, float]:
+    def epoch(self, snapshots: Iterable[tuple[str, bytes]]) -> dict[str, float]:
         """Write one epoch's snapshots and commit it: seconds spent in each."""
         self.epoch_number += 1
         started = time.perf_counter()
@@ -203,7 +208,7 @@ class SnapshotStore:
             "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
             "VALUES ('fold', ?1, ?2, ?3) ON CONFLICT (step_id, state_key, snap_epoch) "
             "DO UPDATE SET ser_change = EXCLUDED.ser_change",
-            [(key, self.epoch_number, snapshot) for key, snapshot in snapshots])
+            ((key, self.epoch_number, snapshot) for key, snapshot in snapshots))
         self.db.execute("COMMIT")
         written = time.perf_counter()
         self.db.execute("BEGIN")
@@ -278,11 +283,9 @@ def _measure(options: CheckpointOptions, out_dir: Path, smoke: bool, log: Any
         store = SnapshotStore(Path(where) / "part-0.sqlite3")
         for history in sorted(options.history):
             fold.fold(events, history - folded, publish_every=HISTORY_PUBLISH)
-            fold.prime()
+            fold.prime(store)
             touched = fold.fold(events, options.window)
             folded = history + options.window
-            # the snapshots of the epoch before, which the measured one replaces
-            store.epoch([(sku, dump_state(fold.states[sku])) for sku in touched])
             point = {"history": history, **fold.checkpoint(touched, store),
                      **fold.memory()}
             points.append(point)
