@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,14 +132,11 @@ class Fold:
         make the measured checkpoint pickle every position as if new); the last of them
         go into ``store`` as the rows the measured checkpoint replaces, as the engine's
         recovery partitions hold a row for every SKU."""
-        for state in self.states.values():
-            dump_state(state)
-        snapshots = ((sku, dump_state(state)) for sku, state in self.states.items())
-        if store is None:
-            for _ in snapshots:
-                pass
-        else:
-            store.epoch(snapshots)
+        for _ in range(1 if store is not None else 2):
+            for state in self.states.values():
+                dump_state(state)
+        if store is not None:
+            store.epoch((sku, dump_state(state)) for sku, state in self.states.items())
 
     def checkpoint(self, keys: set[str], store: SnapshotStore | None = None
                    ) -> dict[str, Any]:
@@ -158,7 +156,6 @@ class Fold:
         if store is not None:
             measured.update(store.epoch(snapshots))
         return measured
-
 
     def memory(self, sample: int = 5_000) -> dict[str, Any]:
         """Counts over every SKU; bytes per position and per id from every n-th SKU (up to
@@ -281,20 +278,20 @@ def _measure(options: CheckpointOptions, out_dir: Path, smoke: bool, log: Any
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="checkpoint-store-", dir=out_dir) as where:
         store = SnapshotStore(Path(where) / "part-0.sqlite3")
-        for history in sorted(options.history):
-            fold.fold(events, history - folded, publish_every=HISTORY_PUBLISH)
-            fold.prime(store)
-            touched = fold.fold(events, options.window)
-            folded = history + options.window
-            point = {"history": history, **fold.checkpoint(touched, store),
-                     **fold.memory()}
-            points.append(point)
-            log(f"checkpoint: {history:,} events of history: {point['keys']:,} keys, "
-                f"{point['bytes'] / 1e6:.1f} MB, pause {point['pause_s'] * 1000:.0f} ms, "
-                f"store write {point['store_write_s'] * 1000:.0f} ms, "
-                f"gc {point['store_gc_s'] * 1000:.0f} ms "
-                f"({time.perf_counter() - started:.0f}s)")
-        store.close()
+        with closing(store):
+            for history in sorted(options.history):
+                fold.fold(events, history - folded, publish_every=HISTORY_PUBLISH)
+                fold.prime(store)
+                touched = fold.fold(events, options.window)
+                folded = history + options.window
+                point = {"history": history, **fold.checkpoint(touched, store),
+                         **fold.memory()}
+                points.append(point)
+                log(f"checkpoint: {history:,} events of history: {point['keys']:,} keys, "
+                    f"{point['bytes'] / 1e6:.1f} MB, pause {point['pause_s'] * 1000:.0f} ms, "
+                    f"store write {point['store_write_s'] * 1000:.0f} ms, "
+                    f"gc {point['store_gc_s'] * 1000:.0f} ms "
+                    f"({time.perf_counter() - started:.0f}s)")
     result.data["points"] = points
     first = points[0]
     result.tables.append(Table(
