@@ -300,12 +300,18 @@ impl<K: std::hash::Hash + Eq + Clone, V> Ordered<K, V> {
         self.index.get(key).map(|at| &self.entries[*at].1)
     }
 
-    fn insert(&mut self, key: K, value: V) {
+    /// Where the entry is now, and whether it is new.
+    fn insert(&mut self, key: K, value: V) -> (usize, bool) {
         match self.index.get(&key) {
-            Some(at) => self.entries[*at].1 = value,
+            Some(&at) => {
+                self.entries[at].1 = value;
+                (at, false)
+            }
             None => {
-                self.index.insert(key.clone(), self.entries.len());
+                let at = self.entries.len();
+                self.index.insert(key.clone(), at);
                 self.entries.push((key, value));
+                (at, true)
             }
         }
     }
@@ -484,6 +490,29 @@ pub struct CompiledPublisher {
     channels: Ordered<Slot, ChannelValue>,
     members: HashMap<String, Vec<String>>,
     pools: HashMap<String, Pool>,
+    /// None until the first snapshot (see [`Packed`]).
+    packed: Option<Packed>,
+}
+
+/// The publisher's blob as the last snapshot packed it, with where each record sits.
+///
+/// A SKU's snapshot is taken after every epoch that touched it, and an epoch changes
+/// few of its published records; packing them all again walked every location id's
+/// string, which was most of the publisher's share of the epoch's end. So a snapshot
+/// rewrites the changed records in place, inserts the new positions at the end of
+/// theirs and appends the new channel slots (keys are never removed here). Only a
+/// position record that changes width packs the whole blob again.
+struct Packed {
+    blob: Vec<u8>,
+    /// Offset of each packed position's record (its length byte), in `positions`' order.
+    position_at: Vec<usize>,
+    /// Where the channel slots start.
+    positions_end: usize,
+    /// Offset of each packed channel slot's three longs, in `channels`' order.
+    channel_at: Vec<usize>,
+    /// Packed records changed since (indexes; new keys are the entries past the packed).
+    changed_positions: Vec<usize>,
+    changed_channels: Vec<usize>,
 }
 
 /// A position record of a recovery snapshot (the reference's `_POSITION_RECORD`, or
@@ -628,6 +657,19 @@ impl CompiledPublisher {
             channels: Ordered::new(),
             members: HashMap::new(),
             pools: HashMap::new(),
+            packed: None,
+        }
+    }
+
+    /// Note a record changed for the next snapshot (see [`Packed`]).
+    fn changed(&mut self, at: usize, new: bool, list: fn(&mut Packed) -> &mut Vec<usize>) {
+        let records = self.positions.entries.len() + self.channels.entries.len();
+        if let (false, Some(packed)) = (new, self.packed.as_mut()) {
+            let changed = list(packed);
+            changed.push(at);
+            if changed.len() > records {
+                self.packed = None; // packing it whole is cheaper now
+            }
         }
     }
 
@@ -641,8 +683,10 @@ impl CompiledPublisher {
         names: &[usize],
     ) {
         let previous = self.positions.get(location_id).map(|(q, _)| *q);
-        self.positions
+        let (at, new) = self
+            .positions
             .insert(location_id.to_owned(), (quantities, version));
+        self.changed(at, new, |packed| &mut packed.changed_positions);
         let Some(previous) = previous else {
             for &channel in names {
                 let name = &rules.channels[channel].name;
@@ -705,7 +749,8 @@ impl CompiledPublisher {
             }
         }
         let version = version_after(next_version, previous.map_or(0, |(_, v)| v))?;
-        self.channels.insert(slot, (value, version));
+        let (at, new) = self.channels.insert(slot, (value, version));
+        self.changed(at, new, |packed| &mut packed.changed_channels);
         out.channel(
             delimiter,
             &channel.name,
@@ -811,8 +856,8 @@ impl CompiledPublisher {
 
     /// Pickles as the reference does (`_publisher_blob`, the same bytes): a snapshot of
     /// this publisher restores as a reference publisher, or straight into this one.
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Py<PyAny>, Bound<'py, PyTuple>)> {
-        let blob = PyBytes::new(py, &self.pack());
+    fn __reduce__<'py>(&mut self, py: Python<'py>) -> PyResult<(Py<PyAny>, Bound<'py, PyTuple>)> {
+        let blob = PyBytes::new(py, self.pack());
         let arguments = PyTuple::new(py, [blob])?;
         Ok((python(py)?.publisher_blob.clone_ref(py), arguments))
     }
@@ -1006,6 +1051,14 @@ fn put_text(out: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
+/// A channel slot's published ATS, its `as_of` and its version: three little-endian
+/// longs at the start of `out`.
+fn put_channel_value(out: &mut [u8], ((ats, as_of), version): &ChannelValue) {
+    for (i, value) in [ats, as_of, version].into_iter().enumerate() {
+        out[8 * i..8 * (i + 1)].copy_from_slice(&value.to_le_bytes());
+    }
+}
+
 /// A reader over a publisher blob that refuses one that ends early.
 struct Blob<'a> {
     data: &'a [u8],
@@ -1053,25 +1106,101 @@ impl<'a> Blob<'a> {
 }
 
 impl CompiledPublisher {
-    /// The state in the layout of the reference's `pack_publisher`.
-    fn pack(&self) -> Vec<u8> {
+    /// The state in the layout of the reference's `pack_publisher`: the kept blob with
+    /// the changed records rewritten, or packed whole (see [`Packed`]).
+    fn pack(&mut self) -> &[u8] {
+        if let Some(packed) = self.packed.take() {
+            if let Some(patched) = self.patched(packed) {
+                return &self.packed.insert(patched).blob;
+            }
+        }
+        let packed = self.packed_whole();
+        &self.packed.insert(packed).blob
+    }
+
+    fn patched(&self, mut packed: Packed) -> Option<Packed> {
+        let positions = &self.positions.entries;
+        let channels = &self.channels.entries;
+        let mut record = Vec::with_capacity(65);
+        for &index in &packed.changed_positions {
+            let Some(&at) = packed.position_at.get(index) else {
+                continue; // new since: written below
+            };
+            let (q, version) = &positions[index].1;
+            record.clear();
+            pack_position_record(&mut record, q, *version);
+            let old = packed.blob.get_mut(at..at + record.len())?;
+            if old[0] != record[0] {
+                return None; // the record changed width
+            }
+            old.copy_from_slice(&record);
+        }
+        for &index in &packed.changed_channels {
+            let Some(&at) = packed.channel_at.get(index) else {
+                continue;
+            };
+            let (_, value) = &channels[index];
+            put_channel_value(packed.blob.get_mut(at..at + 24)?, value);
+        }
+        packed.changed_positions.clear();
+        packed.changed_channels.clear();
+        if positions.len() > packed.position_at.len() {
+            let mut inserted = Vec::new();
+            let start = packed.positions_end;
+            for (location_id, (q, version)) in &positions[packed.position_at.len()..] {
+                put_text(&mut inserted, Some(location_id));
+                packed.position_at.push(start + inserted.len());
+                pack_position_record(&mut inserted, q, *version);
+            }
+            packed.blob.splice(start..start, inserted.iter().copied());
+            packed.positions_end += inserted.len();
+            for at in &mut packed.channel_at {
+                *at += inserted.len();
+            }
+        }
+        for ((name, location_id), value) in &channels[packed.channel_at.len()..] {
+            put_text(&mut packed.blob, Some(name));
+            put_text(&mut packed.blob, location_id.as_deref());
+            let at = packed.blob.len();
+            packed.channel_at.push(at);
+            packed.blob.extend_from_slice(&[0; 24]);
+            put_channel_value(&mut packed.blob[at..], value);
+        }
+        packed.blob[..4].copy_from_slice(&(positions.len() as u32).to_le_bytes());
+        packed.blob[4..8].copy_from_slice(&(channels.len() as u32).to_le_bytes());
+        Some(packed)
+    }
+
+    fn packed_whole(&self) -> Packed {
         let positions = &self.positions.entries;
         let channels = &self.channels.entries;
         let mut out = Vec::with_capacity(8 + positions.len() * 56 + channels.len() * 40);
+        let mut position_at = Vec::with_capacity(positions.len());
+        let mut channel_at = Vec::with_capacity(channels.len());
         out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
         out.extend_from_slice(&(channels.len() as u32).to_le_bytes());
         for (location_id, (q, version)) in positions {
             put_text(&mut out, Some(location_id));
+            position_at.push(out.len());
             pack_position_record(&mut out, q, *version);
         }
-        for ((name, location_id), ((ats, as_of), version)) in channels {
+        let positions_end = out.len();
+        for ((name, location_id), value) in channels {
             put_text(&mut out, Some(name));
             put_text(&mut out, location_id.as_deref());
-            for value in [ats, as_of, version] {
-                out.extend_from_slice(&value.to_le_bytes());
-            }
+            let at = out.len();
+            channel_at.push(at);
+            out.extend_from_slice(&[0; 24]);
+            put_channel_value(&mut out[at..], value);
         }
-        out
+        Packed {
+            blob: out,
+            position_at,
+            positions_end,
+            channel_at,
+            changed_positions: Vec::new(),
+            changed_channels: Vec::new(),
+        }
     }
 
     /// The reference's `positions` (with `PositionQuantities`) and `channels` dicts.
