@@ -122,3 +122,17 @@ def test_checkpoint_smoke(tmp_path: Path) -> None:
         assert 0 < point["keys"] <= 1_000 and point["bytes"] > point["keys"] * 50
         assert point["positions"] > 0 and point["remembered_ids"] >= point["history"] * 0.9
         assert point["bytes_per_position"] > 0 and point["bytes_per_remembered_id"] > 0
+
+
+def test_checkpoint_growth_targets_compare_1m_with_a_longer_history() -> None:
+    from benchmarks.checkpoint import growth_targets
+
+    def point(history: int, scale: float) -> dict[str, float]:
+        return {"history": history, "bytes": 1e6 * scale, "pause_s": 0.1 * scale,
+                "store_write_s": 0.05 * scale, "store_gc_s": 0.05 * scale}
+
+    assert growth_targets([point(20_000, 1), point(1_000_000, 2)]) == []
+    targets = growth_targets([point(20_000, 1), point(1_000_000, 2), point(10_000_000, 3)])
+    assert [t.measured for t in targets] == ["1.50x"] * 3
+    assert not any(t.met for t in targets)
+    assert "between 1,000,000 and 10,000,000" in targets[0].target
