@@ -157,16 +157,34 @@ class StoredState(NamedTuple):
             at += length
         return cls(rules, run, None if expiry < 0 else expiry, snapshot, at, compressed)
 
-    def load(self, loads: Callable[[bytes | memoryview], object] = pickle.loads) -> SkuState:
+    def load(self, loads: Callable[[bytes | memoryview], object] = pickle.loads,
+             sku: str | None = None) -> SkuState:
+        """The state; :class:`DamagedSnapshot` when it cannot be read back.
+
+        ``sku``, when the caller knows it (a restored SKU's timer does not), goes into
+        the error."""
         pickled: bytes | memoryview = memoryview(self.snapshot)[self.state_at:]
-        if self.compressed:
-            try:
+        try:
+            if self.compressed:
                 pickled = lz4.block.decompress(pickled)
-            except lz4.block.LZ4BlockError as error:
-                raise ValueError(f"a recovery snapshot is damaged: {error}") from error
-        state = loads(pickled)
-        assert isinstance(state, SkuState)
+            state = loads(pickled)
+        except Exception as error:  # damage can make the pickle fail in any way
+            raise DamagedSnapshot(sku, f"{type(error).__name__}: {error}") from error
+        if not isinstance(state, SkuState):
+            raise DamagedSnapshot(sku, f"it holds a {type(state).__name__}")
         return state
+
+
+class DamagedSnapshot(ValueError):
+    """A SKU's recovery snapshot that cannot be read back. The engine stops rather than
+    start that SKU over from nothing, which would publish wrong numbers for it."""
+
+    def __init__(self, sku: str | None, reason: str) -> None:
+        which = f"SKU {sku!r}" if sku is not None else "a SKU"
+        super().__init__(
+            f"the recovery snapshot of {which} is damaged ({reason}); the engine cannot "
+            "restore it. Restore the recovery directory from a copy, or rebuild from the "
+            "event log (docs/operations.md, \"Rebuild from the event log\")")
 
 
 def _one_item(records: list[OutgoingRecord]) -> list[list[OutgoingRecord]]:
@@ -213,9 +231,9 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
         if state is not None:
             self._pending = republish_mode(state.published_under, state.snapshot_run, context)
 
-    def _loaded(self) -> SkuState | None:
+    def _loaded(self, sku: str | None = None) -> SkuState | None:
         if self._stored is not None:
-            self._state = self._adopted(self._stored.load(self.output.loads))
+            self._state = self._adopted(self._stored.load(self.output.loads, sku))
             self._stored = None
         return self._state
 
@@ -228,7 +246,7 @@ class SkuAvailabilityLogic(StatefulBatchLogic[SkuEvents, list[OutgoingRecord], b
                  ) -> tuple[Iterable[list[OutgoingRecord]], bool]:
         """``values``: the SKU's events of one or more source batches."""
         first_event, first_origin = values[0][0]
-        if self._loaded() is None:
+        if self._loaded(first_event.sku) is None:
             self._state = SkuState(self.new_inventory(first_event.sku),
                                    self.output.new_publisher(), self.context.rules_fingerprint)
         assert self._state is not None
