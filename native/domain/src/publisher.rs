@@ -1059,6 +1059,25 @@ fn put_channel_value(out: &mut [u8], ((ats, as_of), version): &ChannelValue) {
     }
 }
 
+/// Appends a position's location id and record; returns where the record starts.
+fn put_position(out: &mut Vec<u8>, location_id: &str, (q, version): &(Quantities, i64)) -> usize {
+    put_text(out, Some(location_id));
+    let at = out.len();
+    pack_position_record(out, q, *version);
+    at
+}
+
+/// Appends a channel slot (its name, location id and value); returns where the value
+/// starts.
+fn put_channel_slot(out: &mut Vec<u8>, (name, location_id): &Slot, value: &ChannelValue) -> usize {
+    put_text(out, Some(name));
+    put_text(out, location_id.as_deref());
+    let at = out.len();
+    out.extend_from_slice(&[0; 24]);
+    put_channel_value(&mut out[at..], value);
+    at
+}
+
 /// A reader over a publisher blob that refuses one that ends early.
 struct Blob<'a> {
     data: &'a [u8],
@@ -1147,10 +1166,9 @@ impl CompiledPublisher {
         if positions.len() > packed.position_at.len() {
             let mut inserted = Vec::new();
             let start = packed.positions_end;
-            for (location_id, (q, version)) in &positions[packed.position_at.len()..] {
-                put_text(&mut inserted, Some(location_id));
-                packed.position_at.push(start + inserted.len());
-                pack_position_record(&mut inserted, q, *version);
+            for (location_id, value) in &positions[packed.position_at.len()..] {
+                let at = put_position(&mut inserted, location_id, value);
+                packed.position_at.push(start + at);
             }
             packed.blob.splice(start..start, inserted.iter().copied());
             packed.positions_end += inserted.len();
@@ -1158,13 +1176,9 @@ impl CompiledPublisher {
                 *at += inserted.len();
             }
         }
-        for ((name, location_id), value) in &channels[packed.channel_at.len()..] {
-            put_text(&mut packed.blob, Some(name));
-            put_text(&mut packed.blob, location_id.as_deref());
-            let at = packed.blob.len();
+        for (slot, value) in &channels[packed.channel_at.len()..] {
+            let at = put_channel_slot(&mut packed.blob, slot, value);
             packed.channel_at.push(at);
-            packed.blob.extend_from_slice(&[0; 24]);
-            put_channel_value(&mut packed.blob[at..], value);
         }
         packed.blob[..4].copy_from_slice(&(positions.len() as u32).to_le_bytes());
         packed.blob[4..8].copy_from_slice(&(channels.len() as u32).to_le_bytes());
@@ -1179,19 +1193,12 @@ impl CompiledPublisher {
         let mut channel_at = Vec::with_capacity(channels.len());
         out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
         out.extend_from_slice(&(channels.len() as u32).to_le_bytes());
-        for (location_id, (q, version)) in positions {
-            put_text(&mut out, Some(location_id));
-            position_at.push(out.len());
-            pack_position_record(&mut out, q, *version);
+        for (location_id, value) in positions {
+            position_at.push(put_position(&mut out, location_id, value));
         }
         let positions_end = out.len();
-        for ((name, location_id), value) in channels {
-            put_text(&mut out, Some(name));
-            put_text(&mut out, location_id.as_deref());
-            let at = out.len();
-            channel_at.push(at);
-            out.extend_from_slice(&[0; 24]);
-            put_channel_value(&mut out[at..], value);
+        for (slot, value) in channels {
+            channel_at.push(put_channel_slot(&mut out, slot, value));
         }
         Packed {
             blob: out,
