@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
@@ -46,8 +47,10 @@ from dataflows.settings import (
     EngineSettings,
     default_recovery_partitions,
 )
-from dataflows.sku_logic import RunContext
+from dataflows.sku_logic import DamagedSnapshot, RunContext
 from dataflows.state_dir import RecoveryDir, StateDirError, VersionClock
+
+E = TypeVar("E", bound=BaseException)
 
 
 class PeerLost(ClusterError):
@@ -287,12 +290,28 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
         problem = storage_problem(settings.recovery_dir)
         if problem is not None:
             raise StateDirError(problem) from exc
+        damaged = _cause_of_type(exc, DamagedSnapshot)
+        if damaged is not None:
+            raise StateDirError(f"recovery dir {settings.recovery_dir}: {damaged}") from exc
         if membership is not None and "thread panic" in str(exc):
             raise PeerLost(
                 f"member {process_id} lost its connection to the cluster (a peer stopped "
                 "or the network between members broke); start every member again: they "
                 "resume from their recovery snapshots") from exc
         raise
+
+
+def _cause_of_type(error: BaseException, kind: type[E]) -> E | None:
+    """The first error of ``kind`` among ``error`` and its causes: Bytewax reports a
+    step's exception as its own, the step's as its cause."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def storage_problem(recovery_dir: Path | None) -> str | None:

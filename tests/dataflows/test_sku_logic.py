@@ -21,6 +21,7 @@ from dataflows.kafka_source import SourceRecord
 from dataflows.sku_events import SkuEvents
 from dataflows.sku_logic import (
     SNAPSHOT_MAGIC,
+    UNCHECKED_MAGIC,
     UNCOMPRESSED_MAGIC,
     DamagedSnapshot,
     RunContext,
@@ -124,20 +125,42 @@ def test_a_snapshot_written_before_the_header_format_still_restores() -> None:
     assert StoredState.parse(pickle.dumps(None)) is None
 
 
+def _unchecked(snapshot: bytes, magic: bytes = UNCHECKED_MAGIC) -> bytes:
+    """A snapshot as a release before the checksums wrote it: the header without them."""
+    assert snapshot.startswith(SNAPSHOT_MAGIC)
+    fields_end = len(SNAPSHOT_MAGIC) + 18
+    return magic + snapshot[len(SNAPSHOT_MAGIC):fields_end] + snapshot[fields_end + 8:]
+
+
 def test_a_snapshot_from_before_the_compression_still_restores() -> None:
     """Header, then the bare pickle: what the releases before LZ4 wrote."""
     logic = _folded_logic()
     compressed = StoredState.parse(logic.snapshot())
     assert isinstance(compressed, StoredState) and compressed.compressed
     pickled = pickle.dumps(logic._loaded(), protocol=pickle.HIGHEST_PROTOCOL)
-    header = compressed.snapshot[len(SNAPSHOT_MAGIC):compressed.state_at]
-    old = StoredState.parse(UNCOMPRESSED_MAGIC + header + pickled)
+    unchecked = _unchecked(compressed.snapshot, UNCOMPRESSED_MAGIC)
+    old = StoredState.parse(unchecked[:len(unchecked) - (len(compressed.snapshot)
+                                                         - compressed.state_at)] + pickled)
     assert isinstance(old, StoredState) and not old.compressed
     assert old[:3] == compressed[:3]
     more = [SkuEvents(_event(n, EventType.SALE, 1) for n in range(20, 26))]
     from_old, from_new = _logic(old), _logic(compressed)
     assert list(from_old.on_batch(more)[0]) == list(from_new.on_batch(more)[0])
     assert from_old.snapshot() == from_new.snapshot()
+
+
+def test_a_snapshot_from_before_the_checksums_still_restores() -> None:
+    logic = _folded_logic()
+    checked = StoredState.parse(logic.snapshot())
+    assert isinstance(checked, StoredState) and checked.state_crc is not None
+    old = StoredState.parse(_unchecked(checked.snapshot))
+    assert isinstance(old, StoredState) and old.compressed and old.state_crc is None
+    assert old[:3] == checked[:3]
+    more = [SkuEvents(_event(n, EventType.SALE, 1) for n in range(20, 26))]
+    from_old, from_new = _logic(old), _logic(checked)
+    assert list(from_old.on_batch(more)[0]) == list(from_new.on_batch(more)[0])
+    assert from_old.snapshot() == from_new.snapshot()
+    assert from_new.snapshot().startswith(SNAPSHOT_MAGIC)
 
 
 def test_a_compressed_snapshot_is_smaller_than_its_pickle() -> None:
@@ -150,9 +173,12 @@ def test_a_compressed_snapshot_is_smaller_than_its_pickle() -> None:
     assert len(stored.snapshot) - stored.state_at < len(pickled) / 2
 
 
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "before the checksums"])
 @pytest.mark.parametrize("damage", ["cut", "wrong size"])
-def test_a_damaged_compressed_snapshot_is_named_when_it_loads(damage: str) -> None:
-    stored = StoredState.parse(_folded_logic().snapshot())
+def test_a_damaged_compressed_snapshot_is_named_when_it_loads(damage: str, checked: bool
+                                                              ) -> None:
+    snapshot = _folded_logic().snapshot()
+    stored = StoredState.parse(snapshot if checked else _unchecked(snapshot))
     assert isinstance(stored, StoredState)
     body = bytearray(stored.snapshot)
     if damage == "cut":
@@ -170,24 +196,57 @@ def test_a_damaged_compressed_snapshot_is_named_when_it_loads(damage: str) -> No
         logic.on_batch([SkuEvents([_event(50, EventType.SALE, 1)])])
 
 
+def _damaged_restore(snapshot: bytes, at: int, byte: int) -> object:
+    """What a restart makes of ``snapshot`` with byte ``at`` set to ``byte``: the state,
+    or the DamagedSnapshot raised while reading its header or its state."""
+    body = bytearray(snapshot)
+    body[at % len(body)] = byte
+    try:
+        stored = StoredState.parse(bytes(body))
+        return stored.load() if isinstance(stored, StoredState) else stored
+    except DamagedSnapshot as refused:
+        return refused
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.integers(len(SNAPSHOT_MAGIC), 10_000), byte=st.integers(0, 255))
+@example(at=len(SNAPSHOT_MAGIC) + 17, byte=0xFE)   # the rules' length
+@example(at=len(SNAPSHOT_MAGIC) + 27, byte=0xFF)   # inside the header's checksum
+def test_a_changed_byte_anywhere_in_a_snapshot_is_refused_as_damaged(at: int, byte: int
+                                                                     ) -> None:
+    """A CRC-32 catches every change of one byte, in the header or the state."""
+    snapshot = _folded_logic().snapshot()
+    at = len(SNAPSHOT_MAGIC) + (at - len(SNAPSHOT_MAGIC)) % (len(snapshot) - len(SNAPSHOT_MAGIC))
+    if snapshot[at] == byte:
+        byte ^= 0x01
+    outcome = _damaged_restore(snapshot, at, byte)
+    assert isinstance(outcome, DamagedSnapshot), outcome
+
+
 @settings(max_examples=200, deadline=None)
 @given(at=st.integers(0, 10_000), byte=st.integers(0, 255))
-def test_a_damaged_byte_in_a_snapshot_is_refused_or_reads_a_state(at: int, byte: int) -> None:
-    """Bytes changed anywhere after the header: refused as damaged, never another
-    error. (A change that still decompresses and unpickles reads as a state: the
-    snapshot has no checksum.)"""
-    stored = StoredState.parse(_folded_logic().snapshot())
+def test_a_damaged_byte_in_an_unchecked_snapshot_is_refused_or_reads_a_state(at: int,
+                                                                              byte: int
+                                                                              ) -> None:
+    """Before the checksums: bytes changed after the header are refused as damaged,
+    never another error; a change that still decompresses and unpickles reads as a
+    state, which is what the checksums are for."""
+    stored = StoredState.parse(_unchecked(_folded_logic().snapshot()))
     assert isinstance(stored, StoredState)
-    body = bytearray(stored.snapshot)
-    at = stored.state_at + at % (len(body) - stored.state_at)
-    body[at] = byte
-    damaged = StoredState.parse(bytes(body))
-    assert isinstance(damaged, StoredState)
-    try:
-        state = damaged.load()
-    except DamagedSnapshot:
-        return
-    assert isinstance(state, SkuState)
+    at = stored.state_at + at % (len(stored.snapshot) - stored.state_at)
+    outcome = _damaged_restore(stored.snapshot, at, byte)
+    assert isinstance(outcome, DamagedSnapshot | SkuState), outcome
+
+
+def test_a_damaged_snapshot_without_a_header_is_refused_as_damaged() -> None:
+    """0.1's bare pickles have no header to check: damage that breaks the pickle is
+    named like any other."""
+    state = _folded_logic()._loaded()
+    bare = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(DamagedSnapshot, match="recovery snapshot of a SKU is damaged"):
+        StoredState.parse(bare[:len(bare) // 2])
+    with pytest.raises(DamagedSnapshot, match="it holds a list"):
+        StoredState.parse(pickle.dumps([1, 2]))
 
 
 def _published_keys(out: object) -> set[str]:
