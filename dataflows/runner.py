@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
@@ -49,8 +48,6 @@ from dataflows.settings import (
 )
 from dataflows.sku_logic import DamagedSnapshot, RunContext
 from dataflows.state_dir import RecoveryDir, StateDirError, VersionClock
-
-E = TypeVar("E", bound=BaseException)
 
 
 class PeerLost(ClusterError):
@@ -290,7 +287,7 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
         problem = storage_problem(settings.recovery_dir)
         if problem is not None:
             raise StateDirError(problem) from exc
-        damaged = _cause_of_type(exc, DamagedSnapshot)
+        damaged = _damaged_snapshot(exc)
         if damaged is not None:
             raise StateDirError(f"recovery dir {settings.recovery_dir}: {damaged}") from exc
         if membership is not None and "thread panic" in str(exc):
@@ -301,13 +298,13 @@ def run_member(settings: EngineSettings, membership: Membership | None = None) -
         raise
 
 
-def _cause_of_type(error: BaseException, kind: type[E]) -> E | None:
-    """The first error of ``kind`` among ``error`` and its causes: Bytewax reports a
-    step's exception as its own, the step's as its cause."""
+def _damaged_snapshot(error: BaseException) -> DamagedSnapshot | None:
+    """The damaged snapshot behind ``error``, if one is: Bytewax raises its own error
+    for a failing step, with the step's exception as its cause."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
+        if isinstance(current, DamagedSnapshot):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -140,15 +140,14 @@ def dump_state(state: SkuState) -> bytes:
     header = _HEADER.pack(-1 if expiry is None else expiry, state.snapshot_run,
                           _UNKNOWN_RULES if state.published_under is None else len(rules))
     body = lz4.block.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-    body_crc = zlib.crc32(body)
-    header_crc = _header_crc(header, body_crc, rules)
-    return b"".join((SNAPSHOT_MAGIC, header, _CHECKSUMS.pack(body_crc, header_crc), rules,
-                     body))
+    checked = b"".join((SNAPSHOT_MAGIC, header, zlib.crc32(body).to_bytes(4, "big")))
+    return b"".join((checked, _header_crc(checked, rules).to_bytes(4, "big"), rules, body))
 
 
-def _header_crc(fields: bytes | memoryview, body_crc: int, rules: bytes | memoryview) -> int:
-    return zlib.crc32(rules, zlib.crc32(body_crc.to_bytes(4, "big"),
-                                        zlib.crc32(fields, zlib.crc32(SNAPSHOT_MAGIC))))
+def _header_crc(checked: bytes | memoryview, rules: bytes | memoryview) -> int:
+    """The header's CRC-32: of every byte before it (magic, fields, the state's CRC), then
+    of the rules after it."""
+    return zlib.crc32(rules, zlib.crc32(checked))
 
 
 class StoredState(NamedTuple):
@@ -186,10 +185,10 @@ class StoredState(NamedTuple):
             state_crc = None
             if magic == SNAPSHOT_MAGIC:
                 state_crc, header_crc = _CHECKSUMS.unpack_from(view, at)
+                checked = view[:at + 4]  # up to the header's own CRC
                 at += _CHECKSUMS.size
                 rules_length = 0 if length == _UNKNOWN_RULES else length
-                fields = view[len(magic):len(magic) + _HEADER.size]
-                if header_crc != _header_crc(fields, state_crc, view[at:at + rules_length]):
+                if header_crc != _header_crc(checked, view[at:at + rules_length]):
                     raise DamagedSnapshot(None, "its header does not match its checksum")
             rules = None
             if length != _UNKNOWN_RULES:
